@@ -1,0 +1,27 @@
+# The README's commands. `make demo` sets up and runs v4 on the built-in tiny model; `make test` runs the suite.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0   # first, so nothing pulls a multi-GB CUDA build
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/python -m v4cli.runtime.demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+
+bench: setup
+	$(BIN)/python bench/load_memory.py
+
+.PHONY: setup demo test lint bench

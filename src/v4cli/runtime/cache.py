@@ -1,0 +1,111 @@
+"""Per-sequence decode state (architecture.md §3): not a KV cache but a small, mostly constant state.
+
+For every layer: the window ring of the last W kv vectors; for CSA/HCA layers the append-only
+compressed entries and the raw (a, z) rows of the window still filling; for CSA also the rows of the
+last closed window (their A-halves feed the next entry) and the same again for the indexer keys.
+A state can be snapshotted at any token and restored (that is what the prefix cache stores).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+
+from .args import ModelArgs
+
+
+class Rows:
+    """An append-only [N, d] tensor with amortised O(1) appends (capacity doubles)."""
+
+    def __init__(self, dim: int, dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
+        self._buf = torch.empty(0, dim, dtype=dtype, device=device)
+        self.n = 0
+
+    def append(self, rows: torch.Tensor) -> None:
+        need = self.n + rows.shape[0]
+        if need > self._buf.shape[0]:
+            cap = max(need, 2 * self._buf.shape[0], 16)
+            grown = torch.empty(cap, self._buf.shape[1], dtype=self._buf.dtype, device=self._buf.device)
+            grown[: self.n] = self._buf[: self.n]
+            self._buf = grown
+        self._buf[self.n : need] = rows.to(self._buf.dtype)
+        self.n = need
+
+    def view(self) -> torch.Tensor:
+        return self._buf[: self.n]
+
+    def truncate(self, n: int) -> None:
+        self.n = min(self.n, n)
+
+    def nbytes(self) -> int:
+        return self.n * self._buf.shape[1] * self._buf.element_size()
+
+    def __deepcopy__(self, memo: dict) -> Rows:
+        out = Rows.__new__(Rows)
+        out._buf, out.n = self._buf[: self.n].clone(), self.n
+        return out
+
+
+@dataclass
+class CompressorState:
+    """Pooling state of one compressor (main: d = head_dim; indexer: d = index_head_dim)."""
+
+    tail_kv: torch.Tensor  # [r < m, c*d] raw a_t of the open window, FP32
+    tail_score: torch.Tensor  # [r < m, c*d] z_t + ape, FP32
+    prev_kv: torch.Tensor | None  # CSA: [m, 2d] rows of the last closed window (None before the first)
+    prev_score: torch.Tensor | None
+    entries: Rows  # [N, d] closed compressed entries, already rounded as the reference stores them
+
+
+@dataclass
+class LayerState:
+    ring: torch.Tensor  # [W, head_dim]; the kv of position p lives in slot p % W
+    comp: CompressorState | None = None
+    index: CompressorState | None = None
+
+
+@dataclass
+class SeqState:
+    """Everything one sequence needs to continue: `pos` tokens have been processed."""
+
+    layers: list[LayerState]
+    mtp: list[LayerState]
+    pos: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def new(cls, args: ModelArgs, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> SeqState:
+        def layer(ratio: int) -> LayerState:
+            st = LayerState(ring=torch.zeros(args.sliding_window, args.head_dim, dtype=dtype, device=device))
+            if ratio:
+                st.comp = _compressor_state(ratio, args.head_dim, dtype, device)
+                if ratio == 4:
+                    st.index = _compressor_state(ratio, args.index_head_dim, dtype, device)
+            return st
+
+        n = args.num_hidden_layers
+        return cls(layers=[layer(args.compress_ratios[i]) for i in range(n)],
+                   mtp=[layer(0) for _ in range(args.num_nextn_predict_layers)])
+
+    def snapshot(self) -> SeqState:
+        return copy.deepcopy(self)
+
+    def nbytes(self) -> int:
+        total = 0
+        for st in self.layers + self.mtp:
+            total += st.ring.numel() * st.ring.element_size()
+            for c in (st.comp, st.index):
+                if c is not None:
+                    total += c.entries.nbytes() + 4 * (c.tail_kv.numel() + c.tail_score.numel())
+                    if c.prev_kv is not None:
+                        total += 4 * (c.prev_kv.numel() + c.prev_score.numel())
+        return total
+
+
+def _compressor_state(ratio: int, d: int, dtype: torch.dtype, device: torch.device | str) -> CompressorState:
+    width = (2 if ratio == 4 else 1) * d
+    empty = torch.empty(0, width, dtype=torch.float32, device=device)
+    return CompressorState(tail_kv=empty, tail_score=empty.clone(), prev_kv=None, prev_score=None,
+                           entries=Rows(d, dtype, device))

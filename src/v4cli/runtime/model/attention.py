@@ -1,0 +1,102 @@
+"""Shared-KV attention with a sliding window, plus CSA or HCA compressed entries (§2.3)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import ops, quant
+from ..args import ModelArgs
+from ..cache import LayerState
+from .compressor import Compressor, Indexer
+from .linear import Linear, RMSNorm, rms_unweighted
+from .rope import Rope
+
+
+def make_rope(args: ModelArgs, ratio: int) -> Rope:
+    """Window-only layers (and MTP) use base rope_theta without YaRN; compressed layers the YaRN table."""
+    if ratio:
+        return Rope(args.qk_rope_head_dim, args.compress_rope_theta, args.yarn)
+    return Rope(args.qk_rope_head_dim, args.rope_theta, None)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs, ratio: int, simulate_quant: bool, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.args, self.ratio, self.simulate_quant = args, ratio, simulate_quant
+        self.n_heads, self.head_dim, self.window = args.num_attention_heads, args.head_dim, args.sliding_window
+        self.groups, self.o_rank = args.o_groups, args.o_lora_rank
+        self.eps = args.rms_norm_eps
+        self.rope = make_rope(args, ratio)
+        fmt = "fp8" if args.fp8_weights else "float"
+        D, H = args.hidden_size, self.n_heads
+
+        def lin(i: int, o: int) -> Linear:
+            return Linear(i, o, fmt, dtype, act_quant=simulate_quant)
+
+        self.wq_a = lin(D, args.q_lora_rank)
+        self.q_norm = RMSNorm(args.q_lora_rank, self.eps)
+        self.wq_b = lin(args.q_lora_rank, H * self.head_dim)
+        self.wkv = lin(D, self.head_dim)
+        self.kv_norm = RMSNorm(self.head_dim, self.eps)
+        self.wo_a = lin(H * self.head_dim // self.groups, self.groups * self.o_rank)
+        self.wo_b = lin(self.groups * self.o_rank, D)
+        self.register_buffer("attn_sink", torch.zeros(H, dtype=torch.float32))
+        self.compressor = self.indexer = None
+        if ratio:
+            self.compressor = Compressor(D, self.head_dim, ratio, self.rope, self.eps, simulate_quant)
+            if ratio == 4:
+                self.indexer = Indexer(D, args.q_lora_rank, args.index_n_heads, args.index_head_dim,
+                                       args.index_topk, ratio, self.rope, self.eps, args.fp8_weights, simulate_quant)
+
+    def forward(self, x: torch.Tensor, start: int, st: LayerState) -> torch.Tensor:
+        """x [S, D] (normalised) at positions start..start+S-1 of one sequence; updates `st`."""
+        S, W = x.shape[0], self.window
+        cs = self.rope.angles(torch.arange(start, start + S, device=x.device))
+        qr = self.q_norm(self.wq_a(x))
+        q = rms_unweighted(self.wq_b(qr).view(S, self.n_heads, self.head_dim), self.eps)
+        q = self.rope.apply(q, cs)
+        kv = self.rope.apply(self.kv_norm(self.wkv(x)), cs)
+        if self.simulate_quant:
+            nope = self.head_dim - self.rope.dim
+            kv = torch.cat([quant.fp8_round_blocks(kv[:, :nope], 64), kv[:, nope:]], dim=-1)
+
+        # Window candidates: the up-to W-1 earlier tokens still in the ring, then this chunk.
+        n_prev = min(start, W - 1)
+        prev_slots = torch.arange(start - n_prev, start, device=x.device) % W
+        keys = torch.cat([st.ring[prev_slots].to(kv.dtype), kv])
+        qi = torch.arange(S, device=x.device).unsqueeze(1)
+        win_idx = qi + n_prev - W + 1 + torch.arange(W, device=x.device).unsqueeze(0)
+        idx = win_idx.masked_fill(win_idx < 0, -1)
+        self._write_ring(st, kv, start)
+
+        if self.ratio:
+            self.compressor(x, start, st.comp)
+            entries = st.comp.entries.view()
+            offset = keys.shape[0]
+            if self.indexer is not None:
+                picks = self.indexer(x, qr, start, cs, st.index)
+            else:  # HCA attends to every closed entry
+                limit = (torch.arange(start, start + S, device=x.device) + 1) // self.ratio
+                picks = torch.arange(entries.shape[0], device=x.device).expand(S, -1)
+                picks = picks.masked_fill(picks >= limit.unsqueeze(1), -1)
+            idx = torch.cat([idx, torch.where(picks >= 0, picks + offset, -1)], dim=1)
+            keys = torch.cat([keys, entries.to(keys.dtype)])
+
+        o = ops.sparse_attention(q, keys, self.attn_sink, idx, self.head_dim**-0.5)
+        o = self.rope.apply(o, cs, inverse=True)
+        return self._project_out(o)
+
+    def _write_ring(self, st: LayerState, kv: torch.Tensor, start: int) -> None:
+        keep = min(kv.shape[0], self.window)
+        pos = torch.arange(start + kv.shape[0] - keep, start + kv.shape[0], device=kv.device)
+        st.ring[pos % self.window] = kv[-keep:].to(st.ring.dtype)
+
+    def _project_out(self, o: torch.Tensor) -> torch.Tensor:
+        """Grouped low-rank output: per group wo_a[g] . concat(heads of g), then wo_b over all groups."""
+        S = o.shape[0]
+        grouped = o.reshape(S, self.groups, -1)
+        # The reference keeps wo_a dequantized (exact in BF16) and runs this einsum without input rounding.
+        w = self.wo_a.dense().view(self.groups, self.o_rank, -1)
+        z = torch.einsum("sgd,grd->sgr", grouped.float(), w.float()).to(o.dtype)
+        return self.wo_b(z.flatten(1))

@@ -1,0 +1,52 @@
+"""Manifold-constrained hyper-connections (mHC): the n-stream residual around every sublayer."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import ops
+
+
+class HyperConnection(nn.Module):
+    """Collapse n streams into one sublayer input (pre) and mix them back with its output (post)."""
+
+    def __init__(self, n: int, dim: int, iters: int, eps: float, norm_eps: float) -> None:
+        super().__init__()
+        self.n, self.iters, self.eps, self.norm_eps = n, iters, eps, norm_eps
+        mix = (2 + n) * n
+        self.register_buffer("fn", torch.zeros(mix, n * dim, dtype=torch.float32))
+        self.register_buffer("base", torch.zeros(mix, dtype=torch.float32))
+        self.register_buffer("scale", torch.ones(3, dtype=torch.float32))
+
+    def pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [T, n, D] -> (u [T, D], post [T, n], comb [T, n, n])."""
+        flat = x.flatten(1).float()
+        rsqrt = torch.rsqrt(flat.square().mean(-1, keepdim=True) + self.norm_eps)
+        mixes = (flat @ self.fn.t()) * rsqrt
+        pre, post, comb = ops.hc_sinkhorn(mixes, self.scale, self.base, self.n, self.iters, self.eps)
+        u = (pre.unsqueeze(-1) * x.float()).sum(dim=1)
+        return u.to(x.dtype), post, comb
+
+    @staticmethod
+    def post(o: torch.Tensor, x: torch.Tensor, post: torch.Tensor, comb: torch.Tensor) -> torch.Tensor:
+        """X'[k] = post_k * o + sum_j comb[j, k] X[j]  (comb^T X), in FP32."""
+        mixed = torch.einsum("tjk,tjd->tkd", comb, x.float())
+        return (post.unsqueeze(-1) * o.float().unsqueeze(1) + mixed).to(x.dtype)
+
+
+class HyperHead(nn.Module):
+    """Final sigmoid-only collapse of the n streams (no Sinkhorn, no post)."""
+
+    def __init__(self, n: int, dim: int, eps: float, norm_eps: float) -> None:
+        super().__init__()
+        self.eps, self.norm_eps = eps, norm_eps
+        self.register_buffer("fn", torch.zeros(n, n * dim, dtype=torch.float32))
+        self.register_buffer("base", torch.zeros(n, dtype=torch.float32))
+        self.register_buffer("scale", torch.ones(1, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1).float()
+        rsqrt = torch.rsqrt(flat.square().mean(-1, keepdim=True) + self.norm_eps)
+        pre = torch.sigmoid((flat @ self.fn.t()) * rsqrt * self.scale + self.base) + self.eps
+        return (pre.unsqueeze(-1) * x.float()).sum(dim=1).to(x.dtype)

