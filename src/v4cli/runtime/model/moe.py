@@ -83,7 +83,7 @@ class MoE(nn.Module):
         for e, count in enumerate(counts):
             if count == 0:
                 continue
-            rows, slot = torch.where(picks == e)
-            y.index_add_(0, rows, self.experts[e](x[rows], weights[rows, slot, None]).float())
+            rows, slot = torch.where(picks == e)  # a token picks an expert at most once: rows are unique
+            y[rows] += self.experts[e](x[rows], weights[rows, slot, None]).float()
         y += self.shared_experts(x).float()
         return y.to(x.dtype)

@@ -1,0 +1,69 @@
+"""Which tokens run in the next forward step: decodes batched together, prompt chunks interleaved.
+
+Torch-free on purpose: it only counts tokens, so its policy is unit-testable on its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class Request:
+    prompt: list[int]
+    params: Any
+    id: int = field(default_factory=lambda: next(_ids))
+    prefilled: int = 0  # prompt tokens already run through the model
+    output: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    state: Any = None  # the engine's per-sequence decode state
+
+    @property
+    def in_prefill(self) -> bool:
+        return self.prefilled < len(self.prompt)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+class Scheduler:
+    """FIFO admission up to `max_batch` live sequences; each step runs every decoding sequence's next
+    token plus up to `chunk_size` prompt tokens of the sequences still reading their prompt."""
+
+    def __init__(self, max_batch: int, chunk_size: int) -> None:
+        if max_batch < 1 or chunk_size < 1:
+            raise ValueError("max_batch and chunk_size must be at least 1")
+        self.max_batch, self.chunk_size = max_batch, chunk_size
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+
+    def add(self, req: Request) -> None:
+        self.waiting.append(req)
+
+    def remove(self, req: Request) -> None:
+        if req in self.running:
+            self.running.remove(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> list[tuple[Request, int]]:
+        """[(request, number of tokens to run)] for the next step; decodes first, then prompt chunks."""
+        while self.waiting and len(self.running) < self.max_batch:
+            self.running.append(self.waiting.popleft())
+        plan = [(r, 1) for r in self.running if not r.in_prefill]
+        budget = self.chunk_size
+        for r in self.running:
+            if r.in_prefill and budget > 0:
+                n = min(budget, len(r.prompt) - r.prefilled)
+                plan.append((r, n))
+                budget -= n
+        return plan
