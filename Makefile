@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/python -m v4cli.runtime.demo
+	$(BIN)/python -m v4cli.demo
 
 test: setup
 	$(BIN)/python -m pytest

@@ -49,6 +49,23 @@ def tiny_args(pattern: str = "flash", **overrides: Any) -> ModelArgs:
     return ModelArgs.from_dict(cfg)
 
 
+def builtin_args() -> ModelArgs:
+    """The built-in `tiny` model: the real tokenizer's vocabulary, the real window, a Flash-like layout."""
+    return tiny_args("flash", vocab_size=129280, sliding_window=128, index_topk=64)
+
+
+def ensure_builtin(folder: Path) -> Path:
+    """Write the built-in tiny model into `folder` unless a complete copy is there (a few seconds)."""
+    if (folder / "model.safetensors.index.json").exists() and (folder / "tokenizer.json").exists():
+        return folder
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_checkpoint(tmp, builtin_args(), seed=0)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)  # atomic: an interrupted write never leaves a half model under the real name
+    return folder
+
+
 def root_config(args: ModelArgs) -> dict[str, Any]:
     """The official root config.json for `args`."""
     cfg = {"architectures": ["DeepseekV4ForCausalLM"], **args.to_dict()}
