@@ -70,15 +70,29 @@ def test_snapshot_restore_continue(model):
     assert (ref - model.logits(ids)[100:]).abs().max().item() < 1e-4
 
 
+def test_mark_and_rollback_undo_a_verify_step(model):
+    ids = torch.randint(0, 1024, (140,), generator=torch.Generator().manual_seed(5))
+    st = SeqState.new(model.args)
+    with torch.inference_mode():
+        model(ids[:126], [st], [126])  # the next 4 tokens close a CSA entry (p=127) and wrap the ring
+        mark = st.mark(4)
+        model(torch.tensor([7, 8, 9, 10]), [st], [4])
+        st.rollback(mark)
+        assert st.pos == 126 and st.layers[2].comp.entries.n == 126 // 4
+        got = model.head_logits(model(ids[126:], [st], [14]))
+    assert (got - model.logits(ids)[126:]).abs().max().item() < 1e-4
+
+
 def test_mtp_chunked_equals_one_shot(model):
     ids = torch.randint(0, 1024, (60,), generator=torch.Generator().manual_seed(4))
     st = SeqState.new(model.args)
     with torch.inference_mode():
         h = model(ids, [st], [60])
-        full, _ = model.mtp_forward(h[:-1], ids[1:], [st], [59], [0])
+        full, _ = model.mtp_forward(h[:-1], ids[1:], [st], [59])
         st2 = SeqState.new(model.args)
-        part1, _ = model.mtp_forward(h[:30], ids[1:31], [st2], [30], [0])
-        part2, _ = model.mtp_forward(h[30:-1], ids[31:], [st2], [29], [30])
+        part1, _ = model.mtp_forward(h[:30], ids[1:31], [st2], [30])
+        part2, _ = model.mtp_forward(h[30:-1], ids[31:], [st2], [29])
+    assert st.mtp_pos == 59 and st2.mtp_pos == 59
     assert full.shape == (59, 1024)
     assert (torch.cat([part1, part2]) - full).abs().max().item() < 1e-4
     # MTP logits differ from the main head's: a separate block with its own weights

@@ -9,7 +9,7 @@ A state can be snapshotted at any token and restored (that is what the prefix ca
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -67,13 +67,20 @@ class LayerState:
 
 
 @dataclass
+class Mark:
+    pos: int
+    mtp_pos: int
+    layers: list
+
+
+@dataclass
 class SeqState:
     """Everything one sequence needs to continue: `pos` tokens have been processed."""
 
     layers: list[LayerState]
     mtp: list[LayerState]
-    pos: int = 0
-    extra: dict = field(default_factory=dict)
+    pos: int = 0  # tokens the main layers have processed
+    mtp_pos: int = 0  # positions the MTP block has processed (it trails the main model by one)
 
     @classmethod
     def new(cls, args: ModelArgs, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> SeqState:
@@ -91,6 +98,31 @@ class SeqState:
 
     def snapshot(self) -> SeqState:
         return copy.deepcopy(self)
+
+    def mark(self, ahead: int) -> Mark:
+        """A cheap undo point before running up to `ahead` more tokens (speculative verification).
+
+        Compressor tails are replaced, never mutated, by a forward call, so keeping references is
+        enough; ring slots are overwritten in place, so the ones the next tokens will hit are copied.
+        """
+        layers = []
+        for st, pos in [(st, self.pos) for st in self.layers] + [(st, self.mtp_pos) for st in self.mtp]:
+            W = st.ring.shape[0]
+            slots = torch.arange(pos, pos + min(ahead, W), device=st.ring.device) % W
+            comps = tuple(None if c is None else (c.tail_kv, c.tail_score, c.prev_kv, c.prev_score, c.entries.n)
+                          for c in (st.comp, st.index))
+            layers.append((slots, st.ring[slots].clone(), comps))
+        return Mark(self.pos, self.mtp_pos, layers)
+
+    def rollback(self, mark: Mark) -> None:
+        """Undo everything since `mark` (the main layers and the MTP block alike)."""
+        for st, (slots, rows, comps) in zip(self.layers + self.mtp, mark.layers, strict=True):
+            st.ring[slots] = rows
+            for c, saved in zip((st.comp, st.index), comps, strict=True):
+                if c is not None:
+                    c.tail_kv, c.tail_score, c.prev_kv, c.prev_score, n = saved
+                    c.entries.truncate(n)
+        self.pos, self.mtp_pos = mark.pos, mark.mtp_pos
 
     def nbytes(self) -> int:
         total = 0

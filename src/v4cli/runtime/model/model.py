@@ -117,14 +117,16 @@ class Transformer(nn.Module):
 
     # ---- multi-token prediction ---------------------------------------------------------------
     def mtp_forward(self, h: torch.Tensor, next_tokens: torch.Tensor, states: Sequence[SeqState],
-                    lengths: Sequence[int], starts: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """MTP over hidden streams h [T, n, D] at positions starts[i].. paired with the following tokens.
-
-        Returns (logits [T, vocab] for the token after `next_tokens`, the MTP block's streams).
+                    lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """MTP over main streams h [T, n, D] of positions states[i].mtp_pos.., each paired with the token
+        that follows it. Returns (logits [T, vocab] for the token after that one, the MTP block's streams)
+        and advances every state's `mtp_pos`.
         """
         blk = self.mtp[0]
         e = blk.enorm(self.embed(next_tokens).to(self.dtype))
         x = blk.e_proj(e).unsqueeze(1) + blk.h_proj(blk.hnorm(h))
-        segs = [(start, st.mtp[0], n) for st, n, start in zip(states, lengths, starts, strict=True)]
+        segs = [(st.mtp_pos, st.mtp[0], n) for st, n in zip(states, lengths, strict=True)]
         x = blk(x, next_tokens, segs)
+        for st, n in zip(states, lengths, strict=True):
+            st.mtp_pos += n
         return self.head_logits(x, blk), x
