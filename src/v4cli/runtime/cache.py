@@ -124,6 +124,38 @@ class SeqState:
                     c.entries.truncate(n)
         self.pos, self.mtp_pos = mark.pos, mark.mtp_pos
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """A flat name -> tensor view of the whole state (for saving; `from_tensors` reverses it)."""
+        out = {"pos": torch.tensor([self.pos, self.mtp_pos], dtype=torch.int64)}
+        for prefix, st in _named_layers(self):
+            out[f"{prefix}.ring"] = st.ring
+            for kind, c in (("comp", st.comp), ("index", st.index)):
+                if c is None:
+                    continue
+                out[f"{prefix}.{kind}.tail_kv"], out[f"{prefix}.{kind}.tail_score"] = c.tail_kv, c.tail_score
+                out[f"{prefix}.{kind}.entries"] = c.entries.view()
+                if c.prev_kv is not None:
+                    out[f"{prefix}.{kind}.prev_kv"], out[f"{prefix}.{kind}.prev_score"] = c.prev_kv, c.prev_score
+        return out
+
+    @classmethod
+    def from_tensors(cls, args: ModelArgs, tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32,
+                     device: torch.device | str = "cpu") -> SeqState:
+        state = cls.new(args, dtype, device)
+        state.pos, state.mtp_pos = (int(v) for v in tensors["pos"].tolist())
+        for prefix, st in _named_layers(state):
+            st.ring = tensors[f"{prefix}.ring"].to(device=device, dtype=dtype).clone()
+            for kind, c in (("comp", st.comp), ("index", st.index)):
+                if c is None:
+                    continue
+                c.tail_kv = tensors[f"{prefix}.{kind}.tail_kv"].to(device).clone()
+                c.tail_score = tensors[f"{prefix}.{kind}.tail_score"].to(device).clone()
+                c.entries.append(tensors[f"{prefix}.{kind}.entries"].to(device))
+                if f"{prefix}.{kind}.prev_kv" in tensors:
+                    c.prev_kv = tensors[f"{prefix}.{kind}.prev_kv"].to(device).clone()
+                    c.prev_score = tensors[f"{prefix}.{kind}.prev_score"].to(device).clone()
+        return state
+
     def nbytes(self) -> int:
         total = 0
         for st in self.layers + self.mtp:
@@ -134,6 +166,11 @@ class SeqState:
                     if c.prev_kv is not None:
                         total += 4 * (c.prev_kv.numel() + c.prev_score.numel())
         return total
+
+
+def _named_layers(state: SeqState) -> list[tuple[str, LayerState]]:
+    return [(f"layers.{i}", st) for i, st in enumerate(state.layers)] + [
+        (f"mtp.{i}", st) for i, st in enumerate(state.mtp)]
 
 
 def _compressor_state(ratio: int, d: int, dtype: torch.dtype, device: torch.device | str) -> CompressorState:
