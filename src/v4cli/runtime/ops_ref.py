@@ -10,6 +10,11 @@ import torch
 from . import quant
 
 
+def _rows_per_block(row_elems: int, budget: int = 1 << 24) -> int:
+    """Query rows per block so one block's intermediate holds at most `budget` floats (64 MiB)."""
+    return max(1, budget // max(row_elems, 1))
+
+
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, act_quant: bool) -> torch.Tensor:
     """y = x @ dequant(W8, S)^T; with `act_quant` the input is first rounded as the reference's FP8 GEMM does."""
     xin = quant.act_quant(x) if act_quant else x
@@ -32,19 +37,28 @@ def sparse_attention(
     q [S, H, D], kv [T, D] (keys = values), sink [H], idx [S, K] rows of kv (-1 = skip).
     o_h = sum_s e^(l_s - m) kv_s / (sum_s e^(l_s - m) + e^(sink_h - m)).
     """
-    valid = idx >= 0
-    gathered = kv[idx.clamp_min(0)].float()  # [S, K, D]
-    logits = torch.einsum("shd,skd->shk", q.float(), gathered) * softmax_scale
-    logits = logits.masked_fill(~valid[:, None, :], float("-inf"))
-    sinks = sink.float().view(1, -1, 1).expand(q.shape[0], -1, 1)
-    probs = torch.softmax(torch.cat([logits, sinks], dim=-1), dim=-1)[..., :-1]
-    return torch.einsum("shk,skd->shd", probs, gathered).to(q.dtype)
+    out = torch.empty_like(q)
+    step = _rows_per_block(idx.shape[1] * kv.shape[1])
+    for s0 in range(0, q.shape[0], step):  # blocks of queries bound the gathered [S, K, D] tensor
+        qb, ib = q[s0 : s0 + step].float(), idx[s0 : s0 + step]
+        gathered = kv[ib.clamp_min(0)].float()  # [s, K, D]
+        logits = torch.einsum("shd,skd->shk", qb, gathered) * softmax_scale
+        logits = logits.masked_fill((ib < 0)[:, None, :], float("-inf"))
+        sinks = sink.float().view(1, -1, 1).expand(qb.shape[0], -1, 1)
+        probs = torch.softmax(torch.cat([logits, sinks], dim=-1), dim=-1)[..., :-1]
+        out[s0 : s0 + step] = torch.einsum("shk,skd->shd", probs, gathered).to(q.dtype)
+    return out
 
 
 def indexer_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """Lightning-indexer scores: sum_h w[s,h] * relu(q[s,h] . k[t]). q [S,H,D], weights [S,H], keys [T,D]."""
-    dots = torch.einsum("shd,td->sht", q.float(), keys.float()).relu_()
-    return (dots * weights.float().unsqueeze(-1)).sum(dim=1)
+    out = torch.empty(q.shape[0], keys.shape[0], dtype=torch.float32, device=q.device)
+    step = _rows_per_block(q.shape[1] * keys.shape[0])
+    kf = keys.float()
+    for s0 in range(0, q.shape[0], step):  # blocks of queries bound the [S, H, T] intermediate
+        dots = torch.einsum("shd,td->sht", q[s0 : s0 + step].float(), kf).relu_()
+        out[s0 : s0 + step] = (dots * weights[s0 : s0 + step].float().unsqueeze(-1)).sum(dim=1)
+    return out
 
 
 def hc_sinkhorn(

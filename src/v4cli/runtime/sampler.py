@@ -77,13 +77,17 @@ def sample(logits: torch.Tensor, p: SamplingParams, history: Sequence[int],
     else:
         probs = filtered_logits(logits, p).softmax(-1)
         token = int(torch.multinomial(probs, 1, generator=generator))
-    info = None
-    if p.logprobs is not None:
-        lp = logits.float().log_softmax(-1)
-        top = lp.topk(p.logprobs) if p.logprobs else None
-        alts = list(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else []
-        info = TokenLogprob(token, float(lp[token]), alts)
-    return token, info
+    return token, token_logprob(logits, token, p.logprobs)
+
+
+def token_logprob(logits: torch.Tensor, token: int, n_top: int | None) -> TokenLogprob | None:
+    """The chosen token's logprob and the `n_top` best alternatives (None when not requested)."""
+    if n_top is None:
+        return None
+    lp = logits.float().log_softmax(-1)
+    top = lp.topk(n_top) if n_top else None
+    alts = list(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else []
+    return TokenLogprob(token, float(lp[token]), alts)
 
 
 def new_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
