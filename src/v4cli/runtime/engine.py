@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 from .cache import SeqState
 from .detokenizer import StopMatcher, TextStream
 from .model import Transformer
+from .plan import plan_checkpoint
 from .sampler import SamplingParams, TokenLogprob, new_generator, sample
 from .scheduler import Request, Scheduler
 from .weights import load_model
@@ -79,15 +80,23 @@ class Engine:
         self.eos_id = self.args.eos_token_id
         self._live: dict[int, tuple[Request, _Live]] = {}
         self._backlog: dict[int, list[Event]] = {}  # events stepped out for requests other streams drive
+        self.memory_plan: str | None = None  # set by from_pretrained: the plan's text, for printing
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                         max_context: int | None = None, max_batch: int = 8, chunk_size: int = 512,
-                        simulate_quant: bool = True) -> Engine:
+                        simulate_quant: bool = True, available: int | None = None) -> Engine:
+        """`available`: bytes free for weights + decode state (default: what the device has free now)."""
+        # Refuse before reading any weight when weights + decode state cannot fit (MemoryPlanError).
+        mem = plan_checkpoint(path, max_context, max_batch, dtype.itemsize, available, device)
+        if mem is not None:
+            mem.check()
         model = load_model(path, device=device, dtype=dtype, simulate_quant=simulate_quant)
         tok_file = Path(path) / "tokenizer.json"
         tokenizer = Tokenizer.from_file(str(tok_file)) if tok_file.exists() else None
-        return cls(model, tokenizer, max_context, max_batch, chunk_size)
+        engine = cls(model, tokenizer, max_context, max_batch, chunk_size)
+        engine.memory_plan = mem.describe() if mem is not None else None
+        return engine
 
     # ---- requests ----------------------------------------------------------------------------------
     def add_request(self, prompt_ids: Sequence[int] | torch.Tensor, params: SamplingParams | None = None,
