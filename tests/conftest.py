@@ -15,7 +15,7 @@ def ckpt_dir(tmp_path_factory: pytest.TempPathFactory):
     made: dict[tuple, Path] = {}
 
     def make(pattern: str = "flash", layout: str = "official", seed: int = 0, **overrides) -> Path:
-        key = (pattern, layout, seed, tuple(sorted(overrides.items())))
+        key = (pattern, layout, seed, repr(sorted(overrides.items())))
         if key not in made:
             root = tmp_path_factory.mktemp(f"{pattern}-{layout}")
             made[key] = write_checkpoint(root, tiny_args(pattern, **overrides), seed=seed, layout=layout)

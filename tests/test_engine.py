@@ -99,8 +99,19 @@ def test_over_long_prompt_is_refused_before_any_work(engine):
 
 def test_prefill_progress_is_reported(engine):
     seen = []
-    engine.generate(_prompt(40), SamplingParams(max_tokens=1), progress=lambda d, t: seen.append((d, t)))
+    engine.generate(_prompt(40, seed=11), SamplingParams(max_tokens=1), progress=lambda d, t: seen.append((d, t)))
     assert seen == [(16, 40), (32, 40), (40, 40)]
+
+
+def test_prefix_cache_reuses_a_shared_prefix(engine):
+    files, q1, q2 = _prompt(60, seed=12), _prompt(5, seed=13), _prompt(6, seed=14)
+    p = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
+    first = engine.generate(files + q1, p, cache_prefix=len(files))
+    assert first.usage.cached_tokens == 0
+    seen = []
+    second = engine.generate(files + q2, p, progress=lambda d, t: seen.append(d))
+    assert second.usage.cached_tokens == 60 and seen == [66]  # only the question was read
+    assert second.token_ids == _argmax_chain(engine.model, files + q2, 3)
 
 
 def test_bad_sampling_params():

@@ -17,8 +17,10 @@ from .cache import SeqState
 from .detokenizer import StopMatcher, TextStream
 from .model import Transformer
 from .plan import plan_checkpoint
+from .prefix_cache import PrefixCache, model_key
 from .sampler import SamplingParams, TokenLogprob, new_generator, sample
 from .scheduler import Request, Scheduler
+from .speculative import MtpDrafter, verify
 from .weights import load_model
 
 Progress = Callable[[int, int], None]
@@ -35,6 +37,7 @@ class Event:
     text: str = ""
     logprob: TokenLogprob | None = None
     finish_reason: str | None = None  # "stop", "length" or "abort" on the request's last event
+    cached_tokens: int = 0  # prompt tokens this request took from the prefix cache
 
 
 @dataclass
@@ -67,17 +70,25 @@ class _Live:
     stops: StopMatcher
     progress: Progress | None
     events: list[Event] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)  # decided tokens the main model has not run yet
+    draft: list[int] = field(default_factory=list)  # MTP's proposal for the tokens after `pending`
+    cached: int = 0  # prompt tokens restored from the prefix cache
 
 
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer | None = None, max_context: int | None = None,
-                 max_batch: int = 8, chunk_size: int = 512) -> None:
+                 max_batch: int = 8, chunk_size: int = 512, prefix_cache: PrefixCache | None = None,
+                 speculative: bool = False) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.args = model.args
         self.max_context = max_context or self.args.max_position_embeddings
         self.scheduler = Scheduler(max_batch, chunk_size)
         self.device = model.embed.weight.device
         self.eos_id = self.args.eos_token_id
+        self.prefix_cache = prefix_cache
+        if speculative and not len(model.mtp):
+            raise ValueError("speculative decoding needs the checkpoint's MTP block (mtp.0), which this one lacks")
+        self.drafter = MtpDrafter(model) if speculative else None
         self._live: dict[int, tuple[Request, _Live]] = {}
         self._backlog: dict[int, list[Event]] = {}  # events stepped out for requests other streams drive
         self.memory_plan: str | None = None  # set by from_pretrained: the plan's text, for printing
@@ -85,8 +96,10 @@ class Engine:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                         max_context: int | None = None, max_batch: int = 8, chunk_size: int = 512,
-                        simulate_quant: bool = True, available: int | None = None) -> Engine:
-        """`available`: bytes free for weights + decode state (default: what the device has free now)."""
+                        simulate_quant: bool = True, available: int | None = None, speculative: bool = False,
+                        prefix_cache_dir: Path | None = None, prefix_cache_ram: int = 1 << 30) -> Engine:
+        """`available`: bytes free for weights + decode state (default: what the device has free now).
+        `speculative`: draft with the MTP block. `prefix_cache_dir`: keep prefix snapshots on disk too."""
         # Refuse before reading any weight when weights + decode state cannot fit (MemoryPlanError).
         mem = plan_checkpoint(path, max_context, max_batch, dtype.itemsize, available, device)
         if mem is not None:
@@ -94,14 +107,21 @@ class Engine:
         model = load_model(path, device=device, dtype=dtype, simulate_quant=simulate_quant)
         tok_file = Path(path) / "tokenizer.json"
         tokenizer = Tokenizer.from_file(str(tok_file)) if tok_file.exists() else None
-        engine = cls(model, tokenizer, max_context, max_batch, chunk_size)
+        # Snapshots depend on the weights, the rounding, the dtype and whether MTP state is kept.
+        key = model_key(Path(path), simulate_quant, dtype) + (":mtp" if speculative else "")
+        cache = PrefixCache(model.args, key, dtype, device, ram_bytes=prefix_cache_ram, disk_dir=prefix_cache_dir)
+        engine = cls(model, tokenizer, max_context, max_batch, chunk_size, cache, speculative)
         engine.memory_plan = mem.describe() if mem is not None else None
         return engine
 
     # ---- requests ----------------------------------------------------------------------------------
     def add_request(self, prompt_ids: Sequence[int] | torch.Tensor, params: SamplingParams | None = None,
-                    progress: Progress | None = None) -> int:
-        """Queue a prompt; returns the request id. Refuses prompts over the context before any work."""
+                    progress: Progress | None = None, cache_prefix: int | None = None) -> int:
+        """Queue a prompt; returns the request id. Refuses prompts over the context before any work.
+
+        `cache_prefix`: also keep a snapshot after that many prompt tokens (e.g. everything before a
+        question), so a later prompt sharing them starts from there.
+        """
         prompt = [int(t) for t in (prompt_ids.tolist() if isinstance(prompt_ids, torch.Tensor) else prompt_ids)]
         params = params or SamplingParams()
         if not prompt:
@@ -116,6 +136,12 @@ class Engine:
         req = Request(prompt=prompt, params=params)
         live = _Live(params, new_generator(params.seed), TextStream(self.tokenizer) if self.tokenizer else None,
                      StopMatcher(params.stop), progress)
+        if self.prefix_cache is not None:
+            # At least the last prompt token must run: its logits give the first new token.
+            n, state = self.prefix_cache.lookup(prompt[:-1])
+            if state is not None:
+                req.state, req.prefilled, live.cached = state, n, n
+            req.cache_points = sorted({c for c in (cache_prefix, len(prompt)) if c and n < c <= len(prompt)})
         self._live[req.id] = (req, live)
         self.scheduler.add(req)
         return req.id
@@ -140,30 +166,85 @@ class Engine:
         plan = self.scheduler.schedule()
         if not plan:
             return self._drain()
-        tokens, states, lengths = [], [], []
+        tokens, states, lengths, runs, marks = [], [], [], [], []
         for req, n in plan:
+            live = self._live[req.id][1]
             if req.state is None:
                 req.state = SeqState.new(self.args, self.model.dtype, self.device)
-            tokens.extend(req.prompt[req.prefilled : req.prefilled + n] if req.in_prefill else req.output[-1:])
+            run = req.prompt[req.prefilled : req.prefilled + n] if req.in_prefill else live.pending + live.draft
+            # A verify step may be partly undone: remember what the drafted tokens will overwrite.
+            marks.append(req.state.mark(len(run)) if live.draft else None)
+            runs.append((req.state.pos, run))
+            tokens.extend(run)
             states.append(req.state)
-            lengths.append(n)
+            lengths.append(len(run))
         h = self.model(torch.tensor(tokens, device=self.device), states, lengths)
-        ends = torch.tensor(lengths, device=self.device).cumsum(0) - 1
-        logits = self.model.head_logits(h[ends])
-        for (req, n), row in zip(plan, logits, strict=True):
+        # Logits where tokens are decided: the last position, or every verified position.
+        rows, offs, off = [], [], 0
+        for (req, _), (_, run) in zip(plan, runs, strict=True):
+            k = len(self._live[req.id][1].draft) if not req.in_prefill else 0
+            offs.append(len(rows))
+            rows.extend(range(off + len(run) - 1 - k, off + len(run)))
+            off += len(run)
+        logits = self.model.head_logits(h[torch.tensor(rows, device=self.device)])
+        mtp_items, mtp_owners, to_store, off = [], [], [], 0
+        for i, ((req, _), (start, run)) in enumerate(zip(plan, runs, strict=True)):
             live = self._live[req.id][1]
+            seg_h, off = h[off : off + len(run)], off + len(run)
             if req.in_prefill:
-                req.prefilled += n
+                req.prefilled += len(run)
                 if live.progress:
                     live.progress(req.prefilled, len(req.prompt))
+                if self.prefix_cache is not None and req.prefilled in req.cache_points:
+                    to_store.append((req.prompt[: req.prefilled], req.state))
                 if req.in_prefill:
+                    mtp_items.append((req.state, start, seg_h, run + [req.prompt[req.prefilled]]))
+                    mtp_owners.append(None)
                     continue
-            self._accept(req, live, row)
+                new, infos = self._decide(req, live, logits[offs[i] : offs[i] + 1], [], run)
+                valid, run = len(run), run + new
+            else:
+                old = live.pending
+                new, infos = self._decide(req, live, logits[offs[i] : offs[i] + 1 + len(live.draft)], live.draft, old)
+                accepted = len(new) - 1
+                valid = len(old) + accepted
+                if live.draft and accepted < len(live.draft):  # undo the rejected drafts (and re-run `old`)
+                    req.state.rollback(marks[i])
+                    live.pending = old + new
+                run = old + new
+            finished = self._emit(req, live, new, infos)
+            if not finished and self.drafter is not None:
+                mtp_items.append((req.state, start, seg_h[:valid], run))
+                mtp_owners.append(live)
+            live.draft = []
+        if self.drafter is not None and mtp_items:
+            for live, draft in zip(mtp_owners, self.drafter.catch_up(mtp_items), strict=True):
+                if live is not None and draft is not None:
+                    live.draft = [draft]
+        for prefix, state in to_store:  # after MTP caught up, so a restored state can keep drafting
+            self.prefix_cache.store(prefix, state)
         return self._drain()
 
-    def _accept(self, req: Request, live: _Live, logits: torch.Tensor) -> None:
+    def _decide(self, req: Request, live: _Live, logits: torch.Tensor, draft: list[int], before: list[int]
+                ) -> tuple[list[int], list[TokenLogprob | None]]:
+        """New tokens from logits rows: one sampled token, or the verified drafts plus one."""
+        history = req.output
+        if not draft:
+            token, info = sample(logits[-1], live.params, history, live.generator)
+            live.pending = [token]
+            return [token], [info]
+        new, infos, accepted = verify(logits, draft, live.params, history, live.generator)
+        self.drafter.stats.drafted += len(draft)
+        self.drafter.stats.accepted += accepted
+        live.pending = [new[-1]]
+        return new, infos
+
+    def _emit(self, req: Request, live: _Live, new: list[int], infos: list[TokenLogprob | None]) -> bool:
+        """Append decided tokens one by one, stopping at the first that ends the request (any() is lazy)."""
+        return any(self._accept(req, live, token, info) for token, info in zip(new, infos, strict=True))
+
+    def _accept(self, req: Request, live: _Live, token: int, info: TokenLogprob | None) -> bool:
         p = live.params
-        token, info = sample(logits, p, req.output, live.generator)
         req.output.append(token)
         text = live.text.push(token) if live.text else ""
         shown = live.stops.push(text)
@@ -178,7 +259,8 @@ class Engine:
             req.finish_reason = reason
             self.scheduler.remove(req)
             req.state = None
-        live.events.append(Event(req.id, token, shown, info, reason))
+        live.events.append(Event(req.id, token, shown, info, reason, live.cached))
+        return reason is not None
 
     def _drain(self) -> list[Event]:
         out = []
@@ -191,9 +273,9 @@ class Engine:
 
     # ---- drivers -------------------------------------------------------------------------------------
     def stream(self, prompt_ids: Sequence[int] | torch.Tensor, params: SamplingParams | None = None,
-               progress: Progress | None = None) -> Iterator[Event]:
+               progress: Progress | None = None, cache_prefix: int | None = None) -> Iterator[Event]:
         """Events of one request as its tokens are decided. Closing the iterator aborts the request."""
-        rid = self.add_request(prompt_ids, params, progress)
+        rid = self.add_request(prompt_ids, params, progress, cache_prefix)
         backlog = self._backlog
         done = False
         try:
@@ -212,14 +294,15 @@ class Engine:
                 self._drain()
 
     def generate(self, prompt_ids: Sequence[int] | torch.Tensor, params: SamplingParams | None = None,
-                 progress: Progress | None = None) -> GenerationResult:
-        ids, texts, lps, reason = [], [], [], "abort"
+                 progress: Progress | None = None, cache_prefix: int | None = None) -> GenerationResult:
+        ids, texts, lps, reason, cached = [], [], [], "abort", 0
         prompt_len = len(prompt_ids)
-        for ev in self.stream(prompt_ids, params, progress):
+        for ev in self.stream(prompt_ids, params, progress, cache_prefix):
+            cached = ev.cached_tokens
             if ev.token_id >= 0:
                 ids.append(ev.token_id)
             texts.append(ev.text)
             if ev.logprob is not None:
                 lps.append(ev.logprob)
             reason = ev.finish_reason or reason
-        return GenerationResult(ids, "".join(texts), reason, Usage(prompt_len, len(ids)), lps)
+        return GenerationResult(ids, "".join(texts), reason, Usage(prompt_len, len(ids), cached), lps)

@@ -22,6 +22,7 @@ class Request:
     output: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     state: Any = None  # the engine's per-sequence decode state
+    cache_points: list[int] = field(default_factory=list)  # prompt lengths where a prefill chunk must end
 
     @property
     def in_prefill(self) -> bool:
@@ -63,7 +64,8 @@ class Scheduler:
         budget = self.chunk_size
         for r in self.running:
             if r.in_prefill and budget > 0:
-                n = min(budget, len(r.prompt) - r.prefilled)
+                end = min([len(r.prompt)] + [c for c in r.cache_points if c > r.prefilled])
+                n = min(budget, end - r.prefilled)
                 plan.append((r, n))
                 budget -= n
         return plan
