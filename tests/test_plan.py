@@ -59,14 +59,14 @@ def test_weight_bytes_follow_the_on_disk_expert_format():
 
 def _widened(a: ModelArgs) -> int:
     """Elements stored BF16 on disk that our model holds in FP32 (head, norms, compressor wkv/wgate,
-    gate.weight, indexer weights_proj)."""
+    gate.weight); the indexer's weights_proj stays in the model dtype, as in the reference."""
     D, n = a.hidden_size, a.num_hidden_layers + a.num_nextn_predict_layers
     count = a.vocab_size * D + D + n * (2 * D + a.q_lora_rank + a.head_dim + a.n_routed_experts * D) + 3 * D
     for r in a.compress_ratios:
         if r:
             count += 2 * (2 if r == 4 else 1) * a.head_dim * D + a.head_dim
         if r == 4:
-            count += 2 * 2 * a.index_head_dim * D + a.index_head_dim + a.index_n_heads * D
+            count += 2 * 2 * a.index_head_dim * D + a.index_head_dim
     return count
 
 

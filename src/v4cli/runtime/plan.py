@@ -60,9 +60,9 @@ def _block(a: ModelArgs, layer: int, dtype_bytes: int, expert_fmt: str) -> int:
     ratio = a.compress_ratios[layer]
     if ratio:
         total += _compressor(a, hd, ratio)
-    if ratio == 4:  # the indexer's own linears are built without the model dtype, hence FP32 when float
+    if ratio == 4:  # the indexer: wq_b, weights_proj (model dtype) and its own compressor
         ihd, ih = a.index_head_dim, a.index_n_heads
-        total += _linear(ih * ihd, a.q_lora_rank, fmt, 4) + 4 * ih * D + _compressor(a, ihd, ratio)
+        total += _linear(ih * ihd, a.q_lora_rank, fmt, dtype_bytes) + dtype_bytes * ih * D + _compressor(a, ihd, ratio)
     E, inter = a.n_routed_experts, a.moe_intermediate_size
     total += 4 * E * D  # gate.weight, FP32
     total += 8 * a.vocab_size * a.num_experts_per_tok if layer < a.num_hash_layers else 4 * E  # tid2eid / bias

@@ -47,7 +47,8 @@ class Attention(nn.Module):
             self.compressor = Compressor(D, self.head_dim, ratio, self.rope, self.eps, simulate_quant)
             if ratio == 4:
                 self.indexer = Indexer(D, args.q_lora_rank, args.index_n_heads, args.index_head_dim,
-                                       args.index_topk, ratio, self.rope, self.eps, args.fp8_weights, simulate_quant)
+                                       args.index_topk, ratio, self.rope, self.eps, args.fp8_weights, simulate_quant,
+                                       dtype)
 
     def forward(self, x: torch.Tensor, start: int, st: LayerState) -> torch.Tensor:
         """x [S, D] (normalised) at positions start..start+S-1 of one sequence; updates `st`."""

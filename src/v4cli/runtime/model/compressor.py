@@ -77,12 +77,12 @@ class Indexer(nn.Module):
     """Lightning indexer: scores closed CSA entries for each query and keeps the top `index_topk`."""
 
     def __init__(self, dim: int, q_lora_rank: int, n_heads: int, head_dim: int, topk: int, ratio: int,
-                 rope: Rope, norm_eps: float, fp8: bool, simulate_quant: bool) -> None:
+                 rope: Rope, norm_eps: float, fp8: bool, simulate_quant: bool, dtype: torch.dtype) -> None:
         super().__init__()
         self.n_heads, self.head_dim, self.topk, self.ratio = n_heads, head_dim, topk, ratio
         self.rope, self.simulate_quant = rope, simulate_quant
-        self.wq_b = Linear(q_lora_rank, n_heads * head_dim, "fp8" if fp8 else "float", act_quant=simulate_quant)
-        self.weights_proj = Linear(dim, n_heads, "float")
+        self.wq_b = Linear(q_lora_rank, n_heads * head_dim, "fp8" if fp8 else "float", dtype, simulate_quant)
+        self.weights_proj = Linear(dim, n_heads, "float", dtype)  # BF16 in the reference, like the model
         self.compressor = Compressor(dim, head_dim, ratio, rope, norm_eps, simulate_quant, rotate=True)
         self.weight_scale = head_dim**-0.5 * n_heads**-0.5
 
