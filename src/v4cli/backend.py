@@ -1,0 +1,419 @@
+"""Where answers come from: an Engine in this process (`LocalBackend`) or any OpenAI-compatible URL
+(`RemoteBackend`). `chat` and `ask` see only the `Backend` protocol and its typed events.
+
+Every backend's `chat()` returns a generator. Closing it (what Ctrl-C in the REPL does) stops the
+answer: the local engine aborts the request, the remote connection is closed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from . import chat_format, settings
+
+Message = Mapping[str, Any]
+TINY_NOTICE = "model tiny: random weights, its output is noise (it exercises every code path, nothing more)"
+
+
+# ---- events ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Reasoning:
+    text: str
+
+
+@dataclass(frozen=True)
+class Content:
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A complete call: `arguments` is a JSON object text."""
+
+    index: int
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Prompt tokens read so far (prefill), of `total`."""
+
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A one-line remark about the backend (e.g. the tiny model's output is noise)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Stats:
+    """The last event of an answer."""
+
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    prefill_s: float
+    decode_s: float
+    finish_reason: str
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.decode_s if self.decode_s > 0 else 0.0
+
+
+BackendEvent = Reasoning | Content | ToolCall | Progress | Notice | Stats
+
+
+class BackendError(Exception):
+    """Something the user can fix (wrong URL, bad key, server refusal); the message says what."""
+
+
+@dataclass
+class Options:
+    """Sampling knobs the REPL's /set changes; None leaves the backend's default."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int = 2048
+    seed: int | None = None
+
+
+class Backend(Protocol):
+    model: str
+
+    def chat(self, messages: Sequence[Message], *, thinking: bool = True, effort: str | None = None,
+             options: Options | None = None, prompt_ids: list[int] | None = None,
+             cache_prefix: int | None = None) -> Iterator[BackendEvent]: ...
+
+    def close(self) -> None: ...
+
+
+# ---- local -------------------------------------------------------------------------------------------------
+class _Stop(Exception):
+    """Raised inside the engine's progress callback to abandon a prefill the user interrupted."""
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class LocalBackend:
+    """An Engine in this process, loaded on first use. The engine runs on a worker thread so prefill
+    progress arrives as events and Ctrl-C on the main thread is seen at once."""
+
+    def __init__(self, model: str = "tiny", *, context: int = 32768, chunk_size: int = 512,
+                 device: str = "cpu", prefix_cache: bool = True) -> None:
+        self.model, self.context, self.chunk_size, self.device = model, context, chunk_size, device
+        self.prefix_cache = prefix_cache
+        self.engine: Any = None
+        self.memory_plan: str | None = None
+        self._tokenizer: Any = None
+        self._told = False
+        self._worker: threading.Thread | None = None
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.model == "tiny"
+
+    def load(self) -> None:
+        if self.engine is not None:
+            return
+        from . import hub
+        from .runtime import Engine
+
+        path = hub.resolve(self.model).path
+        kwargs: dict[str, Any] = dict(device=self.device, max_context=self.context, max_batch=1,
+                                      chunk_size=self.chunk_size)
+        if self.prefix_cache and _accepts(Engine.from_pretrained, "prefix_cache_dir"):
+            kwargs["prefix_cache_dir"] = settings.home() / "cache" / "prefix"
+        self.engine = Engine.from_pretrained(path, **kwargs)
+        self.memory_plan = self.engine.memory_plan
+        self._tokenizer = self.engine.tokenizer or chat_format.load_tokenizer()
+
+    def encode(self, messages: Sequence[Message], thinking: bool, effort: str | None) -> list[int]:
+        prompt = chat_format.encode_messages(messages, "thinking" if thinking else "chat", reasoning_effort=effort)
+        return chat_format.encode_prompt_ids(prompt, self._tokenizer or chat_format.load_tokenizer())
+
+    def chat(self, messages: Sequence[Message], *, thinking: bool = True, effort: str | None = None,
+             options: Options | None = None, prompt_ids: list[int] | None = None,
+             cache_prefix: int | None = None) -> Iterator[BackendEvent]:
+        from .runtime import SamplingParams
+
+        if self.is_tiny and not self._told:  # once per session: enough to know, not enough to nag
+            self._told = True
+            yield Notice(TINY_NOTICE)
+        if self.engine is None and not self.is_tiny:
+            yield Notice(f"loading {self.model} …")  # a real checkpoint takes a while: say what is happening
+        self.load()
+        mode = "thinking" if thinking else "chat"
+        ids = prompt_ids if prompt_ids is not None else self.encode(messages, thinking, effort)
+        opts = options or Options()
+        params = SamplingParams(max_tokens=opts.max_tokens, temperature=1.0 if opts.temperature is None
+                                else opts.temperature, top_p=1.0 if opts.top_p is None else opts.top_p,
+                                seed=opts.seed, stop_token_ids=chat_format.stop_token_ids(mode))
+        if cache_prefix is None:
+            # A chat grows: the next turn's prompt repeats this one up to its last token (`<think>` here
+            # becomes `</think>answer` there), so snapshot everything before it.
+            cache_prefix = len(ids) - 1
+        yield from self._run(ids, params, mode, cache_prefix)
+
+    def _run(self, ids: list[int], params: Any, mode: str, cache_prefix: int) -> Iterator[BackendEvent]:
+        if self._worker is not None:  # a second Ctrl-C may have left the last one finishing its step
+            self._worker.join()
+        engine, q, stop = self.engine, queue.Queue(), threading.Event()
+        stream_kwargs: dict[str, Any] = {}
+        if cache_prefix > 0 and _accepts(engine.stream, "cache_prefix"):
+            stream_kwargs["cache_prefix"] = cache_prefix
+
+        def progress(done: int, total: int) -> None:
+            if stop.is_set():
+                raise _Stop
+            q.put(Progress(done, total))
+
+        def work() -> None:
+            gen = engine.stream(ids, params, progress=progress, **stream_kwargs)
+            try:
+                for ev in gen:
+                    q.put(ev)
+                    if stop.is_set():
+                        break
+            except _Stop:
+                pass
+            except BaseException as e:  # handed to the consumer, which raises it in its own thread
+                q.put(e)
+            finally:
+                gen.close()  # aborts the request when it did not finish
+                q.put(None)
+
+        worker = self._worker = threading.Thread(target=work, name="v4-engine", daemon=True)
+        parser, pending = chat_format.StreamParser(mode), {}
+        t0 = time.perf_counter()
+        first: float | None = None
+        completion, cached, reason = 0, 0, "abort"
+        worker.start()
+        try:
+            while True:
+                item = q.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, Progress):
+                    yield item
+                    continue
+                if first is None:
+                    first = time.perf_counter()
+                cached = max(cached, int(getattr(item, "cached_tokens", 0) or 0))
+                if item.token_id >= 0:
+                    completion += 1
+                yield from _translate(parser.feed(item.text), pending)
+                if item.finish_reason is not None:
+                    reason = item.finish_reason
+            yield from _translate(parser.finish(), pending)
+            end = time.perf_counter()
+            first = first or end
+            yield Stats(len(ids), cached, completion, first - t0, end - first, reason)
+        finally:
+            stop.set()
+            worker.join()
+
+    def close(self) -> None:
+        self.engine = None
+
+
+def _translate(events: Sequence[Any], pending: dict[int, list[str]]) -> Iterator[BackendEvent]:
+    """StreamParser events -> backend events; a tool call is reported once complete (`pending` holds the
+    calls still open, across feeds of one answer)."""
+    from .dsml import ContentDelta, ReasoningDelta, ToolCallDelta, ToolCallEnd, ToolCallStart
+
+    for ev in events:
+        if isinstance(ev, ReasoningDelta) and ev.text:
+            yield Reasoning(ev.text)
+        elif isinstance(ev, ContentDelta) and ev.text:
+            yield Content(ev.text)
+        elif isinstance(ev, ToolCallStart):
+            pending[ev.index] = [ev.id, ev.name, ""]
+        elif isinstance(ev, ToolCallDelta) and ev.index in pending:
+            pending[ev.index][2] += ev.arguments
+        elif isinstance(ev, ToolCallEnd) and ev.index in pending:
+            cid, name, args = pending.pop(ev.index)
+            yield ToolCall(ev.index, cid, name, args or "{}")
+
+
+# ---- remote ------------------------------------------------------------------------------------------------
+def _endpoint(url: str, path: str = "chat/completions") -> str:
+    """`http://host:8000` -> `.../v1/chat/completions`; a URL already ending in /v1 (or any /vN) keeps it."""
+    url = url.rstrip("/")
+    if url.endswith("/chat/completions"):
+        url = url[: -len("/chat/completions")]
+    last = url.rsplit("/", 1)[-1]
+    if not (last.startswith("v") and last[1:].isdigit()) and url.count("/") <= 2:  # bare host: OpenAI's /v1
+        url += "/v1"
+    return f"{url}/{path}"
+
+
+def _http_error(code: int, body: bytes, where: str) -> BackendError:
+    try:
+        err = json.loads(body or b"{}")
+        detail = err.get("error", err)
+        detail = detail.get("message", detail) if isinstance(detail, dict) else detail
+    except ValueError:
+        detail = body.decode("utf-8", "replace").strip()[:300]
+    hint = {401: " Set --api-key or V4_API_KEY.", 402: " The account has no balance left.",
+            404: " Check --url (and --model).", 429: " Too many requests: wait and try again."}.get(code, "")
+    return BackendError(f"{where} answered HTTP {code}: {detail or 'no details'}.{hint}")
+
+
+class RemoteBackend:
+    """Any OpenAI-compatible `/v1/chat/completions` (v4 serve, DeepSeek's API, SGLang, vLLM), streamed
+    as server-sent events. Sends DeepSeek's `thinking` and `reasoning_effort` fields."""
+
+    def __init__(self, url: str, model: str | None = None, api_key: str | None = None, timeout: float = 600) -> None:
+        self.url, self.timeout = url, timeout
+        self.api_key = api_key or os.environ.get("V4_API_KEY") or None
+        self.model = model or ""
+        self.endpoint = _endpoint(url)
+
+    def _request(self, url: str, body: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if body else "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, headers=headers, method="POST" if body else "GET")
+        try:
+            return urllib.request.urlopen(req, timeout=timeout or self.timeout)
+        except urllib.error.HTTPError as e:
+            raise _http_error(e.code, e.read(), url) from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise BackendError(f"cannot reach {url}: {reason}. Is the server running? (`v4 serve` starts one)") \
+                from None
+
+    def resolve_model(self) -> str:
+        """The model to ask for: the one given, else the server's first listed model."""
+        if not self.model:
+            try:
+                with self._request(_endpoint(self.url, "models"), timeout=10) as resp:
+                    models = json.loads(resp.read()).get("data") or []
+                self.model = models[0]["id"] if models else "deepseek-v4-flash"
+            except (BackendError, ValueError, KeyError, TypeError):
+                self.model = "deepseek-v4-flash"
+        return self.model
+
+    def chat(self, messages: Sequence[Message], *, thinking: bool = True, effort: str | None = None,
+             options: Options | None = None, prompt_ids: list[int] | None = None,
+             cache_prefix: int | None = None) -> Iterator[BackendEvent]:
+        opts = options or Options()
+        body: dict[str, Any] = {
+            "model": self.resolve_model(), "stream": True, "stream_options": {"include_usage": True},
+            # reasoning is only needed back on turns with tool calls (DeepSeek's rule); drop it elsewhere
+            "messages": [{k: v for k, v in m.items() if k != "reasoning_content" or m.get("tool_calls")}
+                         for m in messages],
+            "thinking": {"type": "enabled" if thinking else "disabled"}, "max_tokens": opts.max_tokens,
+        }
+        if effort:
+            body["reasoning_effort"] = effort
+        for key in ("temperature", "top_p", "seed"):
+            if getattr(opts, key) is not None:
+                body[key] = getattr(opts, key)
+        t0 = time.perf_counter()
+        resp = self._request(self.endpoint, body)
+        first: float | None = None
+        calls: dict[int, list[str]] = {}
+        usage: dict[str, Any] = {}
+        reason, pieces = "stop", 0
+        try:
+            for chunk in _sse(resp, self.endpoint):
+                usage = chunk.get("usage") or usage
+                for choice in chunk.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    if first is None and (delta.get("content") or delta.get("reasoning_content")):
+                        first = time.perf_counter()
+                    if delta.get("reasoning_content"):
+                        pieces += 1
+                        yield Reasoning(delta["reasoning_content"])
+                    if delta.get("content"):
+                        pieces += 1
+                        yield Content(delta["content"])
+                    for tc in delta.get("tool_calls") or []:
+                        slot = calls.setdefault(int(tc.get("index", len(calls))), ["", "", ""])
+                        fn = tc.get("function") or {}
+                        slot[0] = tc.get("id") or slot[0]
+                        slot[1] = fn.get("name") or slot[1]
+                        slot[2] += fn.get("arguments") or ""
+                    reason = choice.get("finish_reason") or reason
+        finally:
+            resp.close()  # on Ctrl-C too: closing the connection is how a client cancels
+        for i in sorted(calls):
+            yield ToolCall(i, calls[i][0], calls[i][1], calls[i][2] or "{}")
+        end = time.perf_counter()
+        first = first or end
+        cached = usage.get("prompt_cache_hit_tokens")
+        if cached is None:
+            cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+        yield Stats(int(usage.get("prompt_tokens", 0)), int(cached or 0),
+                    int(usage.get("completion_tokens", pieces)), first - t0, end - first, reason)
+
+    def close(self) -> None:
+        pass
+
+
+def _sse(resp: Any, where: str) -> Iterator[dict[str, Any]]:
+    """The JSON objects of an SSE stream's `data:` lines, until `[DONE]`; `: keep-alive` comments skipped."""
+    for raw in resp:
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if not line.startswith("data:"):
+            continue  # blank separators, comments (": keep-alive"), event:/id: fields
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise BackendError(f"{where} sent something that is not JSON: {data[:200]!r}") from None
+        if isinstance(chunk, dict) and chunk.get("error"):
+            err = chunk["error"]
+            msg = err.get("message", err) if isinstance(err, dict) else err
+            raise BackendError(f"{where} reported an error: {msg}")
+        yield chunk
+
+
+def make_backend(model: str | None, url: str | None = None, api_key: str | None = None, *,
+                 context: int = 32768) -> Backend:
+    """The backend the CLI flags describe: --url wins; otherwise the local model (default: see default_model)."""
+    if url:
+        return RemoteBackend(url, model, api_key)
+    return LocalBackend(model or default_model(), context=context)
+
+
+def default_model() -> str:
+    """V4_MODEL, else the first pulled or placed model, else the built-in tiny."""
+    if os.environ.get("V4_MODEL"):
+        return os.environ["V4_MODEL"]
+    from . import hub
+
+    try:
+        models = [m.name for m in hub.list_models() if m.kind != "builtin"]
+    except Exception:  # a damaged cache must not stop `v4 chat` with tiny
+        models = []
+    return models[0] if models else "tiny"
+

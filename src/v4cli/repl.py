@@ -1,0 +1,309 @@
+"""`v4 chat`: a prompt-toolkit loop over a Backend, with slash commands and input history.
+
+Testable without a terminal: `run` takes prompt-toolkit's input/output objects (a pipe input and a
+DummyOutput in tests) and a `Console` writing wherever the caller likes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.key_binding import KeyBindings
+
+from .backend import Backend, BackendEvent, Content, Options, Reasoning, ToolCall
+from .console import Console
+
+HELP = """\
+Type a message and press Enter to send it.
+  Alt-Enter (or Esc then Enter) starts a new line; or wrap several lines in \"\"\" ... \"\"\".
+  Ctrl-C stops the answer being written (and clears the line at the prompt); Ctrl-D or /exit leaves.
+  Up/Down walk the input history, kept across sessions.
+
+Commands:
+  /help                 this text
+  /think [on|off]       reasoning before answering (no argument: toggle); /nothink = /think off
+  /effort high|max|off  reasoning effort (max: the Think-Max preamble)
+  /system [TEXT]        set the system prompt (no TEXT: remove it)
+  /set [KEY VALUE]      temperature, top_p, max_tokens, seed or system; no argument: show settings
+  /show                 the current settings
+  /read PATH            add a file or folder (.gitignore, binaries and secrets skipped) to the next message
+  /clear                forget the conversation
+  /save FILE            save the conversation and settings as JSON
+  /load FILE            load a conversation saved with /save
+  /model [NAME]         show the model, or switch to NAME
+  /exit                 leave (also /quit, /bye, Ctrl-D)"""
+
+_EXIT = object()
+
+
+@dataclass
+class ChatState:
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    system: str | None = None
+    thinking: bool = True
+    effort: str | None = None
+    options: Options = field(default_factory=Options)
+
+    def request(self, text: str) -> list[dict[str, Any]]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return [*head, *self.messages, {"role": "user", "content": text}]
+
+
+class Repl:
+    def __init__(self, backend: Backend, console: Console, *, state: ChatState | None = None,
+                 history: History | Path | None = None, input: Any = None, output: Any = None,
+                 switch_model: Callable[[str], Backend] | None = None, lines: Iterator[str] | None = None) -> None:
+        """`lines`: read input from these (a pipe: `printf 'hi\\n/exit\\n' | v4 chat`) instead of a terminal."""
+        self.backend, self.console, self.switch_model = backend, console, switch_model
+        self.lines = lines
+        self.attached: list[str] = []  # /read files waiting for the next message
+        self.state = state or ChatState()
+        if isinstance(history, Path):
+            history.parent.mkdir(parents=True, exist_ok=True)
+            history = FileHistory(str(history))
+        keys = KeyBindings()
+
+        @keys.add("escape", "enter")  # Alt-Enter / Esc Enter: a newline instead of sending
+        def _newline(event: Any) -> None:
+            event.current_buffer.insert_text("\n")
+
+        self.session: PromptSession[str] = PromptSession(history=history or InMemoryHistory(), input=input,
+                                                         output=output, key_bindings=keys, multiline=False)
+
+    # ---- the loop ----------------------------------------------------------------------------------------
+    def run(self) -> int:
+        self.console.note(f"model {self.backend.model or '(server default)'} · /help for commands · Ctrl-D to leave")
+        while True:
+            try:
+                text = self._read()
+            except KeyboardInterrupt:
+                continue  # Ctrl-C at the prompt clears the line, as in a shell
+            except EOFError:
+                break
+            if text is None or not text.strip():
+                continue
+            if text.startswith("/"):
+                if self.command(text.strip()) is _EXIT:
+                    break
+                continue
+            self.answer(text)
+        return 0
+
+    def _prompt(self, message: str) -> str:
+        if self.lines is None:
+            return self.session.prompt(message)
+        line = next(self.lines, None)
+        if line is None:
+            raise EOFError
+        return line.rstrip("\n")
+
+    def _read(self) -> str | None:
+        text = self._prompt(">>> ")
+        if not text.lstrip().startswith('"""'):
+            return text
+        first = text.lstrip()[3:]  # a """ block: read lines until one ends with """
+        if first.rstrip().endswith('"""'):
+            return first.rstrip()[:-3]
+        lines = [first]
+        while True:
+            line = self._prompt("... ")
+            if line.rstrip().endswith('"""'):
+                lines.append(line.rstrip()[:-3])
+                return "\n".join(lines).strip("\n")
+            lines.append(line)
+
+    def answer(self, text: str) -> None:
+        """Send one user turn; on Ctrl-C the stream is closed (the request aborted) and the turn forgotten."""
+        s = self.state
+        if self.attached:
+            text, self.attached = "".join(self.attached) + "\n" + text, []
+        reply: dict[str, Any] = {"role": "assistant", "content": "", "reasoning_content": ""}
+        calls: list[dict[str, Any]] = []
+        stream = self.backend.chat(s.request(text), thinking=s.thinking, effort=s.effort, options=s.options)
+
+        def record(events: Iterator[BackendEvent]) -> Iterator[BackendEvent]:
+            for ev in events:
+                if isinstance(ev, Content):
+                    reply["content"] += ev.text
+                elif isinstance(ev, Reasoning):
+                    reply["reasoning_content"] += ev.text
+                elif isinstance(ev, ToolCall):
+                    calls.append({"id": ev.id, "type": "function",
+                                  "function": {"name": ev.name, "arguments": ev.arguments}})
+                yield ev
+
+        try:
+            stats = self.console.render(record(stream))
+        except KeyboardInterrupt:
+            stream.close()
+            self.console.note("stopped (this turn is not kept in the conversation)")
+            return
+        except Exception as e:  # a REPL reports and carries on: the next question may work
+            stream.close()
+            self.console.error(_describe(e))
+            return
+        finally:
+            stream.close()
+        if stats is None or stats.finish_reason == "abort":
+            return
+        if calls:
+            reply["tool_calls"] = calls
+        s.messages += [{"role": "user", "content": text}, reply]
+
+    # ---- slash commands ----------------------------------------------------------------------------------
+    def command(self, line: str) -> object:
+        name, _, arg = line.partition(" ")
+        arg = arg.strip()
+        s, c = self.state, self.console
+        if name in ("/exit", "/quit", "/bye"):
+            return _EXIT
+        if name in ("/help", "/?"):
+            c.info(HELP)
+        elif name in ("/think", "/nothink"):
+            value = "off" if name == "/nothink" else arg.lower()
+            if value not in ("", "on", "off"):
+                c.error("use /think, /think on or /think off")
+                return None
+            s.thinking = (not s.thinking) if value == "" else value == "on"
+            c.note(f"thinking {'on' if s.thinking else 'off'}")
+        elif name == "/effort":
+            if arg not in ("high", "max", "off"):
+                c.error("use /effort high, /effort max or /effort off")
+                return None
+            s.effort = None if arg == "off" else arg
+            c.note(f"reasoning effort {arg}")
+        elif name == "/system":
+            s.system = arg or None
+            c.note(f"system prompt {'set' if arg else 'removed'}")
+        elif name == "/set":
+            self._set(arg)
+        elif name == "/show":
+            self._show()
+        elif name == "/read":
+            self._read_files(arg)
+        elif name == "/clear":
+            s.messages.clear()
+            c.note("conversation cleared")
+        elif name == "/save":
+            self._save(arg)
+        elif name == "/load":
+            self._load(arg)
+        elif name == "/model":
+            self._model(arg)
+        else:
+            c.error(f"unknown command {name}; /help lists them")
+        return None
+
+    def _read_files(self, arg: str) -> None:
+        from . import ingest
+
+        if not arg:
+            self.console.error("use /read PATH")
+            return
+        try:
+            files, skipped = ingest.collect([Path(arg).expanduser()])
+        except OSError as e:
+            self.console.error(str(e))
+            return
+        for f in files:
+            self.attached.append(f'<file path="{f.path}">\n{f.text}\n</file>\n')
+        why = ", ".join(f"{s.path} ({s.reason})" for s in skipped[:3])
+        why = f"; skipped {len(skipped)}: {why}" if skipped else ""
+        self.console.note(f"{len(files)} file(s) will go with the next message{why}")
+
+    def _set(self, arg: str) -> None:
+        key, _, value = arg.partition(" ")
+        value = value.strip()
+        if not key:
+            return self._show()
+        o = self.state.options
+        try:
+            if key == "system":
+                self.state.system = value or None
+            elif key in ("temperature", "top_p"):
+                setattr(o, key, float(value))
+            elif key in ("max_tokens", "seed"):
+                setattr(o, key, int(value))
+            else:
+                self.console.error(f"cannot set {key!r}: use temperature, top_p, max_tokens, seed or system")
+                return None
+        except ValueError:
+            self.console.error(f"{key} needs a number, not {value!r}")
+            return None
+        self.console.note(f"{key} = {value}")
+        return None
+
+    def _show(self) -> None:
+        s = self.state
+        self.console.fields({"model": self.backend.model or "(server default)",
+                             "thinking": "on" if s.thinking else "off", "effort": s.effort or "default",
+                             "system": s.system or "-", **{k: "default" if v is None else v
+                                                           for k, v in asdict(s.options).items()},
+                             "turns": len(s.messages) // 2})
+
+    def _save(self, arg: str) -> None:
+        if not arg:
+            self.console.error("use /save FILE")
+            return
+        s = self.state
+        data = {"model": self.backend.model, "system": s.system, "thinking": s.thinking, "effort": s.effort,
+                "options": asdict(s.options), "messages": s.messages}
+        try:
+            Path(arg).expanduser().write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        except OSError as e:
+            self.console.error(f"cannot write {arg}: {e.strerror or e}")
+            return
+        self.console.note(f"saved {len(s.messages) // 2} turns to {arg}")
+
+    def _load(self, arg: str) -> None:
+        if not arg:
+            self.console.error("use /load FILE")
+            return
+        try:
+            data = json.loads(Path(arg).expanduser().read_text(encoding="utf-8"))
+            messages = data["messages"] if isinstance(data, dict) else data
+            if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+                raise ValueError("no list of messages")
+        except OSError as e:
+            self.console.error(f"cannot read {arg}: {e.strerror or e}")
+            return
+        except (ValueError, KeyError) as e:
+            self.console.error(f"{arg} is not a conversation saved with /save ({e})")
+            return
+        s = self.state
+        s.messages = messages
+        if isinstance(data, dict):
+            s.system = data.get("system", s.system)
+            s.thinking = data.get("thinking", s.thinking)
+            s.effort = data.get("effort", s.effort)
+            for k, v in (data.get("options") or {}).items():
+                if hasattr(s.options, k):
+                    setattr(s.options, k, v)
+        self.console.note(f"loaded {len(messages) // 2} turns from {arg}")
+
+    def _model(self, arg: str) -> None:
+        if not arg:
+            self.console.info(f"model: {self.backend.model or '(server default)'}")
+            return
+        if self.switch_model is None:
+            self.console.error("this session cannot switch models")
+            return
+        try:
+            new = self.switch_model(arg)
+        except Exception as e:
+            self.console.error(_describe(e))
+            return
+        self.backend.close()
+        self.backend = new
+        self.console.note(f"model {arg} (loads on the next question)")
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e).strip()
+    return text if text and not isinstance(e, (KeyError, AssertionError)) else f"{type(e).__name__}: {e!r}"
