@@ -42,6 +42,19 @@ def test_sparse_attention_matches_per_head_loop():
             assert torch.allclose(out[s, h], want, atol=1e-5)
 
 
+def test_sparse_attention_dense_part_equals_gathering_it():
+    g = torch.Generator().manual_seed(5)
+    S, H, D, T, N = 7, 2, 16, 9, 5
+    q, kv, dense = torch.randn(S, H, D, generator=g), torch.randn(T, D, generator=g), torch.randn(N, D, generator=g)
+    sink, idx = torch.randn(H, generator=g), torch.randint(-1, T, (S, 4), generator=g)
+    limit = torch.tensor([0, 1, 2, 3, 5, 5, 4])
+    got = ops.sparse_attention(q, kv, sink, idx, 0.3, dense, limit)
+    cols = torch.arange(N).expand(S, -1)
+    full_idx = torch.cat([idx, torch.where(cols < limit[:, None], cols + T, -1)], dim=1)
+    want = ops.sparse_attention(q, torch.cat([kv, dense]), sink, full_idx, 0.3)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
 def test_indexer_scores_formula():
     g = torch.Generator().manual_seed(1)
     q, w, k = torch.randn(4, 3, 8, generator=g), torch.randn(4, 3, generator=g), torch.randn(6, 8, generator=g)

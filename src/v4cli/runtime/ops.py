@@ -42,8 +42,8 @@ def fp4_linear(x, packed, scale, act_quant):  # noqa: ANN001, ANN201
     return _impl["fp4_linear"](x, packed, scale, act_quant)
 
 
-def sparse_attention(q, kv, sink, idx, softmax_scale):  # noqa: ANN001, ANN201
-    return _impl["sparse_attention"](q, kv, sink, idx, softmax_scale)
+def sparse_attention(q, kv, sink, idx, softmax_scale, dense=None, limit=None):  # noqa: ANN001, ANN201
+    return _impl["sparse_attention"](q, kv, sink, idx, softmax_scale, dense, limit)
 
 
 def indexer_scores(q, weights, keys):  # noqa: ANN001, ANN201

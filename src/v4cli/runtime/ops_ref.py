@@ -30,34 +30,50 @@ def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, act_q
 
 
 def sparse_attention(
-    q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor, idx: torch.Tensor, softmax_scale: float
+    q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor, idx: torch.Tensor, softmax_scale: float,
+    dense: torch.Tensor | None = None, limit: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Shared-KV attention over gathered candidates with a per-head sink logit.
 
     q [S, H, D], kv [T, D] (keys = values), sink [H], idx [S, K] rows of kv (-1 = skip).
+    `dense` [N, D] are further candidates that every query sees up to its own `limit` [S] (entry j
+    iff j < limit[s]): HCA's compressed entries, read in place instead of gathered per query.
     o_h = sum_s e^(l_s - m) kv_s / (sum_s e^(l_s - m) + e^(sink_h - m)).
     """
+    S, H, D = q.shape
     out = torch.empty_like(q)
-    step = _rows_per_block(idx.shape[1] * kv.shape[1])
-    for s0 in range(0, q.shape[0], step):  # blocks of queries bound the gathered [S, K, D] tensor
+    n_dense = 0 if dense is None else dense.shape[0]
+    step = _rows_per_block(idx.shape[1] * D + H * n_dense)
+    df = dense.float() if n_dense else None
+    for s0 in range(0, S, step):  # blocks of queries bound the gathered [s, K, D] tensor
         qb, ib = q[s0 : s0 + step].float(), idx[s0 : s0 + step]
         gathered = kv[ib.clamp_min(0)].float()  # [s, K, D]
         logits = torch.einsum("shd,skd->shk", qb, gathered) * softmax_scale
         logits = logits.masked_fill((ib < 0)[:, None, :], float("-inf"))
-        sinks = sink.float().view(1, -1, 1).expand(qb.shape[0], -1, 1)
-        probs = torch.softmax(torch.cat([logits, sinks], dim=-1), dim=-1)[..., :-1]
-        out[s0 : s0 + step] = torch.einsum("shk,skd->shd", probs, gathered).to(q.dtype)
+        parts = [logits]
+        if n_dense:
+            dl = (qb.reshape(-1, D) @ df.t()).view(qb.shape[0], H, n_dense) * softmax_scale
+            hidden = torch.arange(n_dense, device=q.device) >= limit[s0 : s0 + step, None]
+            parts.append(dl.masked_fill_(hidden[:, None, :], float("-inf")))
+        parts.append(sink.float().view(1, -1, 1).expand(qb.shape[0], -1, 1))
+        probs = torch.softmax(torch.cat(parts, dim=-1), dim=-1)
+        o = torch.einsum("shk,skd->shd", probs[..., : ib.shape[1]], gathered)
+        if n_dense:
+            o += (probs[..., ib.shape[1] : -1].reshape(-1, n_dense) @ df).view_as(o)
+        out[s0 : s0 + step] = o.to(q.dtype)
     return out
 
 
 def indexer_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """Lightning-indexer scores: sum_h w[s,h] * relu(q[s,h] . k[t]). q [S,H,D], weights [S,H], keys [T,D]."""
-    out = torch.empty(q.shape[0], keys.shape[0], dtype=torch.float32, device=q.device)
-    step = _rows_per_block(q.shape[1] * keys.shape[0])
-    kf = keys.float()
-    for s0 in range(0, q.shape[0], step):  # blocks of queries bound the [S, H, T] intermediate
-        dots = torch.einsum("shd,td->sht", q[s0 : s0 + step].float(), kf).relu_()
-        out[s0 : s0 + step] = (dots * weights[s0 : s0 + step].float().unsqueeze(-1)).sum(dim=1)
+    S, H, D = q.shape
+    out = torch.empty(S, keys.shape[0], dtype=torch.float32, device=q.device)
+    step = _rows_per_block(H * keys.shape[0])
+    kt = keys.float().t()
+    for s0 in range(0, S, step):  # blocks of queries bound the [s, H, T] intermediate
+        qb = q[s0 : s0 + step].float()
+        dots = (qb.reshape(-1, D) @ kt).view(qb.shape[0], H, -1).relu_()  # one GEMM for all heads
+        out[s0 : s0 + step] = torch.bmm(weights[s0 : s0 + step].float().unsqueeze(1), dots).squeeze(1)
     return out
 
 

@@ -71,20 +71,21 @@ class Attention(nn.Module):
         idx = win_idx.masked_fill(win_idx < 0, -1)
         self._write_ring(st, kv, start)
 
+        dense = limit = None
         if self.ratio:
             self.compressor(x, start, st.comp)
             entries = st.comp.entries.view()
-            offset = keys.shape[0]
             if self.indexer is not None:
                 picks = self.indexer(x, qr, start, cs, st.index)
-            else:  # HCA attends to every closed entry
+                # Gather only the entries some query picked, not all ctx/4 of them.
+                used, remap = torch.unique(picks.clamp_min(0), return_inverse=True)
+                idx = torch.cat([idx, torch.where(picks >= 0, remap + keys.shape[0], -1)], dim=1)
+                keys = torch.cat([keys, entries[used].to(keys.dtype)])
+            else:  # HCA: every closed entry, read in place
+                dense = entries.to(keys.dtype)
                 limit = (torch.arange(start, start + S, device=x.device) + 1) // self.ratio
-                picks = torch.arange(entries.shape[0], device=x.device).expand(S, -1)
-                picks = picks.masked_fill(picks >= limit.unsqueeze(1), -1)
-            idx = torch.cat([idx, torch.where(picks >= 0, picks + offset, -1)], dim=1)
-            keys = torch.cat([keys, entries.to(keys.dtype)])
 
-        o = ops.sparse_attention(q, keys, self.attn_sink, idx, self.head_dim**-0.5)
+        o = ops.sparse_attention(q, keys, self.attn_sink, idx, self.head_dim**-0.5, dense, limit)
         o = self.rope.apply(o, cs, inverse=True)
         return self._project_out(o)
 

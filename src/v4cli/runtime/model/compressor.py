@@ -103,7 +103,8 @@ class Indexer(nn.Module):
         weights = self.weights_proj(x).float() * self.weight_scale
         scores = ops.indexer_scores(q, weights, keys)
         limit = (torch.arange(start, start + S, device=x.device) + 1) // self.ratio  # closed entries per query
-        closed = torch.arange(n, device=x.device).unsqueeze(0) < limit.unsqueeze(1)
-        scores = scores.masked_fill(~closed, float("-inf"))
+        lo = int(limit[0])  # entries below this are closed for every query of the chunk: mask only the rest
+        tail = torch.arange(lo, n, device=x.device).unsqueeze(0) >= limit.unsqueeze(1)
+        scores[:, lo:].masked_fill_(tail, float("-inf"))
         picks = scores.topk(min(self.topk, n), dim=-1).indices
         return torch.where(picks < limit.unsqueeze(1), picks, -1)
