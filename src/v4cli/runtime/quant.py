@@ -81,14 +81,31 @@ def dequant_fp8(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = 
     """W = e4m3(W8) * 2^(S[r//128, c//128] - 127)."""
     out, inp = weight.shape
     s = e8m0_to_float(scale)
-    s = s.repeat_interleave(WEIGHT_BLOCK, 0)[:out].repeat_interleave(WEIGHT_BLOCK, 1)[:, :inp]
-    return (weight.float() * s).to(dtype)
+    if out % WEIGHT_BLOCK or inp % WEIGHT_BLOCK:  # ragged edge tiles: expand the scale grid
+        s = s.repeat_interleave(WEIGHT_BLOCK, 0)[:out].repeat_interleave(WEIGHT_BLOCK, 1)[:, :inp]
+        return (weight.float() * s).to(dtype)
+    tiles = weight.float().view(out // WEIGHT_BLOCK, WEIGHT_BLOCK, inp // WEIGHT_BLOCK, WEIGHT_BLOCK)
+    return (tiles * s[:, None, :, None]).view(out, inp).to(dtype)
+
+
+def _fp4_byte_table(device: torch.device) -> torch.Tensor:
+    """[256, 2]: the two e2m1 values (low nibble first) of every byte."""
+    table = _FP4_TABLES.get(device)
+    if table is None:
+        b = torch.arange(256, device=device)
+        table = _FP4_TABLES[device] = e2m1_decode(torch.stack([b & 0xF, b >> 4], dim=-1))
+    return table
+
+
+_FP4_TABLES: dict[torch.device, torch.Tensor] = {}
 
 
 def dequant_fp4(packed: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """W = e2m1(nibble) * 2^(S[r, c//32] - 127)."""
-    w = e2m1_decode(unpack_fp4(packed))
-    return (w * e8m0_to_float(scale).repeat_interleave(FP4_BLOCK, -1)).to(dtype)
+    out, half = packed.shape
+    w = _fp4_byte_table(packed.device)[packed.view(torch.uint8).long()]  # [out, in/2, 2]
+    blocks = w.view(out, half * 2 // FP4_BLOCK, FP4_BLOCK) * e8m0_to_float(scale).unsqueeze(-1)
+    return blocks.view(out, half * 2).to(dtype)
 
 
 # ---- weight quantization (tiny checkpoints, tests) -----------------------------------------------
