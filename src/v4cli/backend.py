@@ -7,7 +7,6 @@ answer: the local engine aborts the request, the remote connection is closed.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import queue
@@ -109,13 +108,6 @@ class _Stop(Exception):
     """Raised inside the engine's progress callback to abandon a prefill the user interrupted."""
 
 
-def _accepts(fn: Any, name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 class LocalBackend:
     """An Engine in this process, loaded on first use. The engine runs on a worker thread so prefill
     progress arrives as events and Ctrl-C on the main thread is seen at once."""
@@ -143,7 +135,7 @@ class LocalBackend:
         path = hub.resolve(self.model).path
         kwargs: dict[str, Any] = dict(device=self.device, max_context=self.context, max_batch=1,
                                       chunk_size=self.chunk_size)
-        if self.prefix_cache and _accepts(Engine.from_pretrained, "prefix_cache_dir"):
+        if self.prefix_cache:
             kwargs["prefix_cache_dir"] = settings.home() / "cache" / "prefix"
         self.engine = Engine.from_pretrained(path, **kwargs)
         self.memory_plan = self.engine.memory_plan
@@ -180,9 +172,6 @@ class LocalBackend:
         if self._worker is not None:  # a second Ctrl-C may have left the last one finishing its step
             self._worker.join()
         engine, q, stop = self.engine, queue.Queue(), threading.Event()
-        stream_kwargs: dict[str, Any] = {}
-        if cache_prefix > 0 and _accepts(engine.stream, "cache_prefix"):
-            stream_kwargs["cache_prefix"] = cache_prefix
 
         def progress(done: int, total: int) -> None:
             if stop.is_set():
@@ -190,7 +179,7 @@ class LocalBackend:
             q.put(Progress(done, total))
 
         def work() -> None:
-            gen = engine.stream(ids, params, progress=progress, **stream_kwargs)
+            gen = engine.stream(ids, params, progress=progress, cache_prefix=cache_prefix if cache_prefix > 0 else None)
             try:
                 for ev in gen:
                     q.put(ev)
@@ -222,7 +211,7 @@ class LocalBackend:
                     continue
                 if first is None:
                     first = time.perf_counter()
-                cached = max(cached, int(getattr(item, "cached_tokens", 0) or 0))
+                cached = max(cached, item.cached_tokens)
                 if item.token_id >= 0:
                     completion += 1
                 yield from _translate(parser.feed(item.text), pending)
