@@ -101,10 +101,15 @@ class Indexer(nn.Module):
         if n == 0:
             return torch.empty(S, 0, dtype=torch.long, device=x.device)
         weights = self.weights_proj(x).float() * self.weight_scale
-        scores = ops.indexer_scores(q, weights, keys)
         limit = (torch.arange(start, start + S, device=x.device) + 1) // self.ratio  # closed entries per query
-        lo = int(limit[0])  # entries below this are closed for every query of the chunk: mask only the rest
-        tail = torch.arange(lo, n, device=x.device).unsqueeze(0) >= limit.unsqueeze(1)
-        scores[:, lo:].masked_fill_(tail, float("-inf"))
-        picks = scores.topk(min(self.topk, n), dim=-1).indices
+        k = min(self.topk, n)
+        picks = torch.empty(S, k, dtype=torch.long, device=x.device)
+        step = max(1, (1 << 24) // n)  # query blocks keep the [s, n] score matrix near 64 MiB at any context
+        for s0 in range(0, S, step):
+            scores = ops.indexer_scores(q[s0 : s0 + step], weights[s0 : s0 + step], keys)
+            lim = limit[s0 : s0 + step]
+            lo = int(lim[0])  # entries below this are closed for every query of the block: mask only the rest
+            tail = torch.arange(lo, n, device=x.device).unsqueeze(0) >= lim.unsqueeze(1)
+            scores[:, lo:].masked_fill_(tail, float("-inf"))
+            picks[s0 : s0 + step] = scores.topk(k, dim=-1).indices
         return torch.where(picks < limit.unsqueeze(1), picks, -1)
