@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from hubserver import FakeHub
 from test_repl import FakeOpenAI, sse_chunks
-from v4cli import __version__, hub, ingest
+from v4cli import __version__, hub
 from v4cli.cli import app
 
 REPO = "deepseek-ai/DeepSeek-V4-Flash"
@@ -209,12 +209,12 @@ def test_ask_input_errors(env: Path, repo: Path, tmp_path: Path, monkeypatch: py
             raise PermissionError(13, "Permission denied")
         return real(path)
 
-    monkeypatch.setattr(ingest.os, "scandir", locked)
+    monkeypatch.setattr(os, "scandir", locked)
     s = json.loads(run("ask", "-f", str(repo), "--dry-run", "--json", "q").stdout)
     assert any(x["path"].rstrip("/") == "proj/src" and "Permission denied" in x["reason"] for x in s["skipped"])
     r = run("ask", "-f", str(repo / "src"), "q")
     assert r.exit_code == 1 and "unreadable: Permission denied" in r.stderr
-    monkeypatch.setattr(ingest.os, "scandir", real)
+    monkeypatch.setattr(os, "scandir", real)
     r = run("ask", "-f", str(repo), "--context", "300", "--max-tokens", "10", "--dry-run", "why " * 400)
     assert r.exit_code == 1 and "over the budget of 290" in r.stderr
     r = run("ask", "-f", str(repo), "--context", "400", "--max-tokens", "10", "--dry-run", "q")
