@@ -144,3 +144,33 @@ def test_scheduler_interleaves_decodes_with_prompt_chunks():
     assert [(r.id, n) for r, n in s.schedule()] == [(a.id, 10)]
     a.prefilled, a.output = 25, [5]
     assert [(r.id, n) for r, n in s.schedule()] == [(a.id, 1), (b.id, 4)]
+
+
+def test_scheduler_admits_by_reserved_state_bytes():
+    s = Scheduler(max_batch=8, chunk_size=100, state_budget=100)
+    a, b, c = Request([1] * 5, None, reserve=60), Request([1] * 5, None, reserve=60), Request([1], None, reserve=30)
+    for r in (a, b, c):
+        s.add(r)
+    assert [r.id for r, _ in s.schedule()] == [a.id]  # b does not fit beside a; c waits its turn (FIFO)
+    s.remove(a)
+    assert [r.id for r, _ in s.schedule()] == [b.id, c.id]
+
+
+def test_engine_admission_is_limited_by_memory(engine):
+    from v4cli.runtime.plan import MemoryPlanError, state_bytes
+
+    one = state_bytes(engine.args, 30 + 4, dtype_bytes=4)
+    tight = Engine(engine.model, engine.tokenizer, max_context=400, chunk_size=16, state_budget=int(one * 1.5))
+    p = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+    prompts = [_prompt(30, seed=20), _prompt(30, seed=21)]
+    ids = [tight.add_request(pr, p) for pr in prompts]
+    got: dict[int, list[int]] = {i: [] for i in ids}
+    most = 0
+    while tight.has_work():
+        for ev in tight.step():
+            got[ev.request_id].append(ev.token_id)
+        most = max(most, len(tight.scheduler.running))
+    assert most == 1  # the second waited for the first's state to be freed
+    assert [got[i] for i in ids] == [engine.generate(pr, p).token_ids for pr in prompts]
+    with pytest.raises(MemoryPlanError, match="lower max_tokens"):
+        tight.add_request(_prompt(30, seed=22), SamplingParams(max_tokens=300))

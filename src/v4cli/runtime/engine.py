@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 from .cache import SeqState
 from .detokenizer import StopMatcher, TextStream
 from .model import Transformer
-from .plan import plan_checkpoint
+from .plan import MemoryPlanError, plan_checkpoint, state_bytes
 from .prefix_cache import PrefixCache, model_key
 from .sampler import SamplingParams, TokenLogprob, new_generator, sample
 from .scheduler import Request, Scheduler
@@ -78,11 +78,13 @@ class _Live:
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer | None = None, max_context: int | None = None,
                  max_batch: int = 8, chunk_size: int = 512, prefix_cache: PrefixCache | None = None,
-                 speculative: bool = False) -> None:
+                 speculative: bool = False, state_budget: int | None = None) -> None:
+        """`state_budget`: bytes the decode states of running requests may take together (None: no limit
+        beyond `max_batch`); each request reserves what its prompt plus `max_tokens` can grow to."""
         self.model, self.tokenizer = model, tokenizer
         self.args = model.args
         self.max_context = max_context or self.args.max_position_embeddings
-        self.scheduler = Scheduler(max_batch, chunk_size)
+        self.scheduler = Scheduler(max_batch, chunk_size, state_budget)
         self.device = model.embed.weight.device
         self.eos_id = self.args.eos_token_id
         self.prefix_cache = prefix_cache
@@ -110,7 +112,8 @@ class Engine:
         # Snapshots depend on the weights, the rounding, the dtype and whether MTP state is kept.
         key = model_key(Path(path), simulate_quant, dtype) + (":mtp" if speculative else "")
         cache = PrefixCache(model.args, key, dtype, device, ram_bytes=prefix_cache_ram, disk_dir=prefix_cache_dir)
-        engine = cls(model, tokenizer, max_context, max_batch, chunk_size, cache, speculative)
+        budget = None if mem is None else max(mem.available - mem.weights, 0)
+        engine = cls(model, tokenizer, max_context, max_batch, chunk_size, cache, speculative, budget)
         engine.memory_plan = mem.describe() if mem is not None else None
         return engine
 
@@ -134,6 +137,14 @@ class Engine:
         if bad:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary (0..{self.args.vocab_size - 1})")
         req = Request(prompt=prompt, params=params)
+        budget = self.scheduler.state_budget
+        if budget is not None:
+            tokens = min(len(prompt) + params.max_tokens, self.max_context)
+            req.reserve = state_bytes(self.args, tokens, dtype_bytes=self.model.dtype.itemsize)
+            if req.reserve > budget:
+                raise MemoryPlanError(
+                    f"this request's decode state would reach {req.reserve / 2**30:.2f} GiB ({tokens:,} tokens) "
+                    f"but {budget / 2**30:.2f} GiB is left beside the weights; lower max_tokens or the prompt")
         live = _Live(params, new_generator(params.seed), TextStream(self.tokenizer) if self.tokenizer else None,
                      StopMatcher(params.stop), progress)
         if self.prefix_cache is not None:

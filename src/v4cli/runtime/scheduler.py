@@ -23,6 +23,7 @@ class Request:
     finish_reason: str | None = None
     state: Any = None  # the engine's per-sequence decode state
     cache_points: list[int] = field(default_factory=list)  # prompt lengths where a prefill chunk must end
+    reserve: int = 0  # bytes of decode state this request may grow to (prompt + max_tokens)
 
     @property
     def in_prefill(self) -> bool:
@@ -34,13 +35,14 @@ class Request:
 
 
 class Scheduler:
-    """FIFO admission up to `max_batch` live sequences; each step runs every decoding sequence's next
-    token plus up to `chunk_size` prompt tokens of the sequences still reading their prompt."""
+    """FIFO admission up to `max_batch` live sequences whose reserved decode-state bytes fit in
+    `state_budget`; each step runs every decoding sequence's next token plus up to `chunk_size` prompt
+    tokens of the sequences still reading their prompt."""
 
-    def __init__(self, max_batch: int, chunk_size: int) -> None:
+    def __init__(self, max_batch: int, chunk_size: int, state_budget: int | None = None) -> None:
         if max_batch < 1 or chunk_size < 1:
             raise ValueError("max_batch and chunk_size must be at least 1")
-        self.max_batch, self.chunk_size = max_batch, chunk_size
+        self.max_batch, self.chunk_size, self.state_budget = max_batch, chunk_size, state_budget
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
 
@@ -53,12 +55,19 @@ class Scheduler:
         elif req in self.waiting:
             self.waiting.remove(req)
 
+    def _fits(self, req: Request) -> bool:
+        """A request is admitted when its reserve fits beside the running ones (alone it always may:
+        the engine refuses at submission what could never fit)."""
+        if self.state_budget is None or not self.running:
+            return True
+        return sum(r.reserve for r in self.running) + req.reserve <= self.state_budget
+
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
     def schedule(self) -> list[tuple[Request, int]]:
         """[(request, number of tokens to run)] for the next step; decodes first, then prompt chunks."""
-        while self.waiting and len(self.running) < self.max_batch:
+        while self.waiting and len(self.running) < self.max_batch and self._fits(self.waiting[0]):
             self.running.append(self.waiting.popleft())
         plan = [(r, 1) for r in self.running if not r.in_prefill]
         budget = self.chunk_size
