@@ -65,15 +65,19 @@ def sparse_attention(
 
 
 def indexer_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """Lightning-indexer scores: sum_h w[s,h] * relu(q[s,h] . k[t]). q [S,H,D], weights [S,H], keys [T,D]."""
+    """Lightning-indexer scores: sum_h w[s,h] * relu(q[s,h] . k[t]). q [S,H,D], weights [S,H], keys [T,D].
+
+    The products run in q's dtype (the model's), as the reference runs this einsum in BF16; FP32 out.
+    """
     S, H, D = q.shape
     out = torch.empty(S, keys.shape[0], dtype=torch.float32, device=q.device)
     step = _rows_per_block(H * keys.shape[0])
-    kt = keys.float().t()
+    kt = keys.to(q.dtype).t()
     for s0 in range(0, S, step):  # blocks of queries bound the [s, H, T] intermediate
-        qb = q[s0 : s0 + step].float()
+        qb = q[s0 : s0 + step]
         dots = (qb.reshape(-1, D) @ kt).view(qb.shape[0], H, -1).relu_()  # one GEMM for all heads
-        out[s0 : s0 + step] = torch.bmm(weights[s0 : s0 + step].float().unsqueeze(1), dots).squeeze(1)
+        w = weights[s0 : s0 + step].to(q.dtype).unsqueeze(1)
+        out[s0 : s0 + step] = torch.bmm(w, dots).squeeze(1).float()
     return out
 
 
