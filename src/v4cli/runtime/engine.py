@@ -212,11 +212,11 @@ class Engine:
                     mtp_items.append((req.state, start, seg_h, run + [req.prompt[req.prefilled]]))
                     mtp_owners.append(None)
                     continue
-                new, infos = self._decide(req, live, logits[offs[i] : offs[i] + 1], [], run)
+                new, infos = self._decide(req, live, logits[offs[i] : offs[i] + 1], [])
                 valid, run = len(run), run + new
             else:
                 old = live.pending
-                new, infos = self._decide(req, live, logits[offs[i] : offs[i] + 1 + len(live.draft)], live.draft, old)
+                new, infos = self._decide(req, live, logits[offs[i] : offs[i] + 1 + len(live.draft)], live.draft)
                 accepted = len(new) - 1
                 valid = len(old) + accepted
                 if live.draft and accepted < len(live.draft):  # undo the rejected drafts (and re-run `old`)
@@ -236,7 +236,7 @@ class Engine:
             self.prefix_cache.store(prefix, state)
         return self._drain()
 
-    def _decide(self, req: Request, live: _Live, logits: torch.Tensor, draft: list[int], before: list[int]
+    def _decide(self, req: Request, live: _Live, logits: torch.Tensor, draft: list[int]
                 ) -> tuple[list[int], list[TokenLogprob | None]]:
         """New tokens from logits rows: one sampled token, or the verified drafts plus one."""
         history = req.output

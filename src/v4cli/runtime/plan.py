@@ -238,16 +238,14 @@ def plan_checkpoint(path: str | Path, context: int | None, batch: int, dtype_byt
                     available: int | None = None, device: object = "cpu") -> MemoryPlan | None:
     """The plan for a checkpoint folder as `load_model` will hold it; None when the folder cannot be read
     (then `load_model` reports why)."""
-    from .weights import Checkpoint, _expert_format  # the expert format on disk decides the experts' bytes
+    from .weights import Checkpoint, _expert_format, drop_absent_mtp  # the on-disk form decides the bytes
 
     try:
         args = ModelArgs.from_file(path)
         ckpt = Checkpoint(path)
     except ValueError:
         return None
-    if ckpt.layout == "hf" and not any(k.startswith("mtp.") for k in ckpt.where):
-        args.num_nextn_predict_layers = 0  # load_model runs such checkpoints without MTP
-        args.compress_ratios = args.compress_ratios[: args.num_hidden_layers]
+    drop_absent_mtp(ckpt, args)
     avail = available_memory(device) if available is None else available
     return plan(args, context or args.max_position_embeddings, batch, dtype_bytes, "ours", avail,
                 _expert_format(ckpt, args))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -157,8 +157,10 @@ def _report(path: Path, problems: list[str]) -> str:
 Source = Callable[[], torch.Tensor]
 
 
-def _sources(ckpt: Checkpoint, args: ModelArgs) -> tuple[dict[str, tuple[Source, list[int], str]], list[str]]:
-    """internal name -> (loader, shape, dtype name); plus problems found while mapping names."""
+def _sources(ckpt: Checkpoint, args: ModelArgs, expected: Iterable[str]
+             ) -> tuple[dict[str, tuple[Source, list[int], str]], list[str]]:
+    """internal name -> (loader, shape, dtype name); plus problems found while mapping names.
+    `expected`: the model's buffer names, from which the transformers names are derived."""
     out: dict[str, tuple[Source, list[int], str]] = {}
     problems: list[str] = []
     if ckpt.layout == "official":
@@ -185,7 +187,7 @@ def _sources(ckpt: Checkpoint, args: ModelArgs) -> tuple[dict[str, tuple[Source,
                         lambda n=name, e=e: ckpt.tensor(n)[e], shape[1:], dt)
             continue
         reverse[name] = name
-    table = {official_to_hf(internal_to_official(k)): k for k in _expected_names(args)}
+    table = {official_to_hf(internal_to_official(k)): k for k in expected}
     for name in reverse:
         internal = table.get(name)
         if internal is None:
@@ -193,12 +195,6 @@ def _sources(ckpt: Checkpoint, args: ModelArgs) -> tuple[dict[str, tuple[Source,
         else:
             out[internal] = (lambda n=name: ckpt.tensor(n), ckpt.shape(name), ckpt.dtype_name(name))
     return out, problems
-
-
-def _expected_names(args: ModelArgs) -> list[str]:
-    with torch.device("meta"):
-        model = Transformer(args, simulate_quant=False)
-    return [n for n, _ in model.named_buffers()]
 
 
 def _check(name: str, want: torch.Tensor, shape: list[int], dtype: str) -> str | None:
@@ -229,6 +225,13 @@ def _expert_format(ckpt: Checkpoint, args: ModelArgs) -> str | None:
     return None
 
 
+def drop_absent_mtp(ckpt: Checkpoint, args: ModelArgs) -> None:
+    """Transformers checkpoints may leave out the MTP block: then the model runs without it."""
+    if ckpt.layout == "hf" and not any(n.startswith("mtp.") for n in ckpt.where):
+        args.num_nextn_predict_layers = 0
+        args.compress_ratios = args.compress_ratios[: args.num_hidden_layers]
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                simulate_quant: bool = True) -> Transformer:
     """Load a DeepSeek-V4 checkpoint folder (official or transformers layout) into a `Transformer`."""
@@ -240,13 +243,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     except ConfigError as e:
         raise CheckpointError(f"cannot load the checkpoint at {path}: {e}") from None
     ckpt = Checkpoint(path)
-    sources, problems = _sources(ckpt, args)
-    if ckpt.layout == "hf" and not any(k.startswith("mtp.") for k in sources):
-        args.num_nextn_predict_layers = 0  # transformers checkpoints may drop MTP; run without it
-        args.compress_ratios = args.compress_ratios[: args.num_hidden_layers]
+    drop_absent_mtp(ckpt, args)
     with torch.device("meta"):
         model = Transformer(args, simulate_quant, dtype, expert_fmt=_expert_format(ckpt, args))
     expected = dict(model.named_buffers())
+    sources, problems = _sources(ckpt, args, expected)
     for name in sorted(set(expected) - set(sources)):
         problems.append(f"missing tensor {internal_to_official(name)} (shape {list(expected[name].shape)})")
     for name in sorted(set(sources) - set(expected)):
