@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import chat_format, settings
@@ -77,6 +77,34 @@ class Stats:
 
 
 BackendEvent = Reasoning | Content | ToolCall | Progress | Notice | Stats
+
+
+@dataclass
+class Reply:
+    """An answer folded from its events: what the chat history and `--json` output keep."""
+
+    content: str = ""
+    reasoning: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    stats: Stats | None = None
+
+    def add(self, ev: BackendEvent) -> None:
+        if isinstance(ev, Content):
+            self.content += ev.text
+        elif isinstance(ev, Reasoning):
+            self.reasoning += ev.text
+        elif isinstance(ev, ToolCall):
+            self.tool_calls.append(ev)
+        elif isinstance(ev, Stats):
+            self.stats = ev
+
+    def message(self) -> dict[str, Any]:
+        """The OpenAI-style assistant message (reasoning kept as `reasoning_content`)."""
+        msg: dict[str, Any] = {"role": "assistant", "content": self.content, "reasoning_content": self.reasoning}
+        if self.tool_calls:
+            msg["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name,
+                                  "arguments": c.arguments}} for c in self.tool_calls]
+        return msg
 
 
 class BackendError(Exception):

@@ -370,20 +370,18 @@ def ask(
 
 
 def _as_json(events: Iterable[Any], model: str) -> dict[str, Any]:
-    from .backend import Content, Reasoning, Stats, ToolCall
+    from .backend import Reply
 
-    out: dict[str, Any] = {"model": model, "answer": "", "reasoning": "", "tool_calls": []}
+    reply = Reply()
     for ev in events:
-        if isinstance(ev, Content):
-            out["answer"] += ev.text
-        elif isinstance(ev, Reasoning):
-            out["reasoning"] += ev.text
-        elif isinstance(ev, ToolCall):
-            out["tool_calls"].append({"id": ev.id, "name": ev.name, "arguments": ev.arguments})
-        elif isinstance(ev, Stats):
-            out["usage"] = {"prompt_tokens": ev.prompt_tokens, "cached_tokens": ev.cached_tokens,
-                            "completion_tokens": ev.completion_tokens, "prefill_s": round(ev.prefill_s, 3),
-                            "decode_s": round(ev.decode_s, 3), "finish_reason": ev.finish_reason}
+        reply.add(ev)
+    out: dict[str, Any] = {"model": model, "answer": reply.content, "reasoning": reply.reasoning,
+                           "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments}
+                                          for c in reply.tool_calls]}
+    if (st := reply.stats) is not None:
+        out["usage"] = {"prompt_tokens": st.prompt_tokens, "cached_tokens": st.cached_tokens,
+                        "completion_tokens": st.completion_tokens, "prefill_s": round(st.prefill_s, 3),
+                        "decode_s": round(st.decode_s, 3), "finish_reason": st.finish_reason}
     return out
 
 

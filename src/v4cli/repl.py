@@ -16,7 +16,7 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
 
-from .backend import Backend, BackendEvent, Content, Options, Reasoning, ToolCall
+from .backend import Backend, BackendEvent, Options, Reply
 from .console import Console
 
 HELP = """\
@@ -123,19 +123,12 @@ class Repl:
         s = self.state
         if self.attached:
             text, self.attached = "".join(self.attached) + "\n" + text, []
-        reply: dict[str, Any] = {"role": "assistant", "content": "", "reasoning_content": ""}
-        calls: list[dict[str, Any]] = []
+        reply = Reply()
         stream = self.backend.chat(s.request(text), thinking=s.thinking, effort=s.effort, options=s.options)
 
         def record(events: Iterator[BackendEvent]) -> Iterator[BackendEvent]:
             for ev in events:
-                if isinstance(ev, Content):
-                    reply["content"] += ev.text
-                elif isinstance(ev, Reasoning):
-                    reply["reasoning_content"] += ev.text
-                elif isinstance(ev, ToolCall):
-                    calls.append({"id": ev.id, "type": "function",
-                                  "function": {"name": ev.name, "arguments": ev.arguments}})
+                reply.add(ev)
                 yield ev
 
         try:
@@ -152,9 +145,7 @@ class Repl:
             stream.close()
         if stats is None or stats.finish_reason == "abort":
             return
-        if calls:
-            reply["tool_calls"] = calls
-        s.messages += [{"role": "user", "content": text}, reply]
+        s.messages += [{"role": "user", "content": text}, reply.message()]
 
     # ---- slash commands ----------------------------------------------------------------------------------
     def command(self, line: str) -> object:
