@@ -157,15 +157,8 @@ class SeqState:
         return state
 
     def nbytes(self) -> int:
-        total = 0
-        for st in self.layers + self.mtp:
-            total += st.ring.numel() * st.ring.element_size()
-            for c in (st.comp, st.index):
-                if c is not None:
-                    total += c.entries.nbytes() + 4 * (c.tail_kv.numel() + c.tail_score.numel())
-                    if c.prev_kv is not None:
-                        total += 4 * (c.prev_kv.numel() + c.prev_score.numel())
-        return total
+        """Bytes of the state in use (compressed entries counted as filled, not as allocated)."""
+        return sum(t.numel() * t.element_size() for name, t in self.tensors().items() if name != "pos")
 
 
 def _named_layers(state: SeqState) -> list[tuple[str, LayerState]]:
