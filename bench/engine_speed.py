@@ -85,7 +85,8 @@ def child_ours(ctx: int, chunk: int, dtype_name: str) -> dict[str, Any]:
     except ImportError:  # the plan module is another engineer's; absent means "n/a"
         planned = None
     return dict(prefill_s=prefill_s, decode_s=decode_s, decoded=len(times) - 1, peak_rss=peak_rss(),
-                rss_loaded=rss_loaded, state_bytes=state_bytes, planned_bytes=planned, load=os.getloadavg()[0])
+                rss_loaded=rss_loaded, state_bytes=state_bytes, planned_bytes=planned, load=os.getloadavg()[0],
+                kernels=eng.kernels)
 
 
 def child_peer(ctx: int) -> dict[str, Any]:
@@ -236,6 +237,9 @@ def main() -> None:
             f"included. State bytes = `SeqState.nbytes()` after prefill + decode, planned = "
             f"`plan.state_bytes(args, ctx + {DECODE}, 'ours')`. Shared 2-core machine: times are noisy.", "",
             *lines, "", *(f"- {g}" for g in growth)]
+    ran = sorted({r["kernels"] for r in ours.values() if "kernels" in r})
+    if ran:
+        body.append(f"- our ops: {'; '.join(ran)} (`V4_KERNELS=0` for the PyTorch twins alone)")
     if peer_stop:
         body.append(f"- {peer_stop}")
     errors = [f"{fmt_ctx(c)} {k}: {r['error']}" for k, d in (("ours", ours), ("peer", peer))

@@ -132,7 +132,7 @@ def main() -> None:
 
         head = (f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs, Python "
                 f"{platform.python_version()}, 1-min load average at the end {os.getloadavg()[0]:.1f}. Command: "
-                f"`python bench/{Path(__file__).name} --tokens {a.tokens} --chunk {a.chunk}`")
+                f"`python bench/{Path(__file__).name} --tokens {a.tokens} --chunk {a.chunk} --dtype {a.dtype}`")
         text = "\n".join([SECTION, "", head, "", *(f"- {ln}" for ln in lines)]) + "\n"
         write_section(HERE / "RESULTS.md", SECTION, text)
 

@@ -28,6 +28,18 @@ def test_logits_match_transformers(ckpt_dir, pattern, length):
     assert (got - want).abs().max().item() <= 1e-4
 
 
+def test_logits_match_transformers_with_whole_tile_output_groups(ckpt_dir):
+    # o_lora_rank 128: each output group's rows of wo_a are whole FP8 scale tiles, as in the real models,
+    # so the grouped output projection runs group by group through ops.fp8_linear.
+    ours = load_model(ckpt_dir("flash", o_lora_rank=128), simulate_quant=False)
+    hf = transformers.DeepseekV4ForCausalLM.from_pretrained(ckpt_dir("flash", "hf", o_lora_rank=128),
+                                                            dtype=torch.float32)
+    ids = _ids(150, seed=7)
+    with torch.no_grad():
+        want = hf(ids[None]).logits[0]
+    assert (ours.logits(ids) - want).abs().max().item() <= 1e-4
+
+
 def test_official_and_transformers_layouts_give_identical_logits(ckpt_dir):
     a = load_model(ckpt_dir("pro"), simulate_quant=False)
     b = load_model(ckpt_dir("pro", "hf"), simulate_quant=False)

@@ -23,12 +23,11 @@ from v4cli.backend import (
     LocalBackend,
     Options,
     Reasoning,
-    RemoteBackend,
     Stats,
     ToolCall,
-    _endpoint,
 )
 from v4cli.console import Console
+from v4cli.remote import RemoteBackend, _endpoint
 from v4cli.repl import ChatState, Repl
 
 ENTER = "\r"

@@ -254,7 +254,8 @@ def chat(
       v4 chat --url https://api.deepseek.com --api-key $DEEPSEEK_API_KEY --model deepseek-v4-pro
     """
     from . import settings
-    from .backend import Options, RemoteBackend
+    from .backend import Options
+    from .remote import RemoteBackend
     from .repl import ChatState, Repl
 
     c = _console(show_thinking)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from . import kernels
 from .cache import SeqState
 from .detokenizer import StopMatcher, TextStream
 from .model import Transformer
@@ -94,6 +95,7 @@ class Engine:
         self._live: dict[int, tuple[Request, _Live]] = {}
         self._backlog: dict[int, list[Event]] = {}  # events stepped out for requests other streams drive
         self.memory_plan: str | None = None  # set by from_pretrained: the plan's text, for printing
+        self.kernels = kernels.REFERENCE  # set by from_pretrained (kernels.install): what runs behind `ops`
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
@@ -107,6 +109,7 @@ class Engine:
         if mem is not None:
             mem.check()
         model = load_model(path, device=device, dtype=dtype, simulate_quant=simulate_quant)
+        kernel_line = kernels.install() if torch.device(device).type == "cpu" else kernels.REFERENCE
         tok_file = Path(path) / "tokenizer.json"
         tokenizer = Tokenizer.from_file(str(tok_file)) if tok_file.exists() else None
         # Snapshots depend on the weights, the rounding, the dtype and whether MTP state is kept.
@@ -115,6 +118,7 @@ class Engine:
         budget = None if mem is None else max(mem.available - mem.weights, 0)
         engine = cls(model, tokenizer, max_context, max_batch, chunk_size, cache, speculative, budget)
         engine.memory_plan = mem.describe() if mem is not None else None
+        engine.kernels = kernel_line
         return engine
 
     # ---- requests ----------------------------------------------------------------------------------

@@ -98,7 +98,15 @@ class Attention(nn.Module):
         """Grouped low-rank output: per group wo_a[g] . concat(heads of g), then wo_b over all groups."""
         S = o.shape[0]
         grouped = o.reshape(S, self.groups, -1)
-        # The reference keeps wo_a dequantized (exact in BF16) and runs this einsum without input rounding.
-        w = self.wo_a.dense().view(self.groups, self.o_rank, -1)
-        z = torch.einsum("sgd,grd->sgr", grouped.float(), w.float()).to(o.dtype)
+        # The reference keeps wo_a dequantized (exact in BF16) and runs this product without input rounding.
+        wo_a, r = self.wo_a, self.o_rank
+        if wo_a.fmt == "fp8" and r % quant.WEIGHT_BLOCK == 0:
+            # Each group's rows are whole scale tiles (the real models: 1024 rows), so each group is one
+            # FP8 linear through the seam and a decode step never dequantizes the whole of wo_a.
+            t = r // quant.WEIGHT_BLOCK
+            z = torch.stack([ops.fp8_linear(grouped[:, g], wo_a.weight[g * r:(g + 1) * r],
+                                            wo_a.scale[g * t:(g + 1) * t], False) for g in range(self.groups)], 1)
+        else:
+            w = wo_a.dense().view(self.groups, r, -1)
+            z = torch.einsum("sgd,grd->sgr", grouped.float(), w.float()).to(o.dtype)
         return self.wo_b(z.flatten(1))

@@ -1,0 +1,14 @@
+// One registration file: the schemas of every v4cli kernel and the builds that implement them.
+#include <torch/library.h>
+
+#include "ops.h"
+
+TORCH_LIBRARY(v4cli, m) {
+  m.def("fp8_linear(Tensor x, Tensor weight, Tensor scale) -> Tensor");
+  m.def("fp4_linear(Tensor x, Tensor packed, Tensor scale) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(v4cli, CPU, m) {
+  m.impl("fp8_linear", &v4cli::fp8_linear_cpu);
+  m.impl("fp4_linear", &v4cli::fp4_linear_cpu);
+}

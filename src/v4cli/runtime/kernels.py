@@ -1,0 +1,138 @@
+"""The compiled kernels behind `ops`: C++ for the CPU (csrc/), built on first use and cached.
+
+`install()` builds (once per source, torch version and CPU) and registers them; without a compiler, the
+sources or a working build, the PyTorch twins keep running and `install()` says why in one line.
+`V4_KERNELS=0` keeps the twins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from . import ops, ops_ref, quant
+
+CSRC = Path(__file__).resolve().parents[3] / "csrc"
+SOURCES = ("registration.cpp", "cpu/linear.cpp")
+HEADERS = ("ops.h",)
+CFLAGS = ("-O3", "-march=native", "-std=c++17")
+# Above this many input rows the twin's dequantize-then-GEMM wins: its one dequantization is shared by
+# every row and the GEMM is MKL's. At or below it (decode, speculative verify) the row kernel reads W once.
+MAX_ROWS = 16
+
+REFERENCE = "PyTorch reference ops"  # how install() names the fallback
+_built = False
+
+
+def enabled() -> bool:
+    return os.environ.get("V4_KERNELS", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def cache_dir() -> Path:
+    """Builds live outside V4_HOME so a fresh models folder does not force a rebuild."""
+    if os.environ.get("V4_KERNEL_CACHE"):
+        return Path(os.environ["V4_KERNEL_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "v4cli-kernels"
+
+
+def build_key() -> str:
+    """Sources, flags, torch and the CPU's features: -march=native code must not move to another CPU."""
+    h = hashlib.sha256()
+    for name in SOURCES + HEADERS:
+        h.update(name.encode() + b"\0" + (CSRC / name).read_bytes())
+    h.update(" ".join(CFLAGS).encode() + torch.__version__.encode() + platform.machine().encode())
+    h.update(_cpu_flags().encode())
+    return h.hexdigest()[:16]
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def is_built() -> bool:
+    """True when install() will load a cached build rather than compile (for a 'building…' notice)."""
+    try:
+        return any((cache_dir() / build_key()).glob("v4cli_cpu*.so"))
+    except OSError:
+        return False
+
+
+def _build() -> None:
+    from torch.utils import cpp_extension
+
+    try:  # the `ninja` wheel (a dependency) may not be on PATH when v4 runs outside an activated venv
+        import ninja
+
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+    except ImportError:
+        pass
+    out = cache_dir() / build_key()
+    failed = out / "FAILED"
+    if failed.exists():  # do not recompile (tens of seconds) on every start after a failure
+        raise RuntimeError(f"{failed.read_text().strip()} (an earlier build failed; delete {out} to retry)")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        cpp_extension.load(name="v4cli_cpu", sources=[str(CSRC / s) for s in SOURCES], extra_cflags=list(CFLAGS),
+                           build_directory=str(out), is_python_module=False, verbose=False)
+    except Exception as e:
+        failed.write_text(_first_line(e))
+        raise
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def install() -> str:
+    """Build or load the CPU kernels and route `ops` to them; returns a line saying what runs."""
+    global _built
+    if not enabled():
+        return f"{REFERENCE} (V4_KERNELS=0)"
+    if not all((CSRC / s).exists() for s in SOURCES):
+        return f"{REFERENCE} (kernel sources not found at {CSRC})"
+    if not _built:
+        try:
+            _build()
+        except Exception as e:  # no compiler, no ninja, a failed build: the twins compute the same results
+            return f"{REFERENCE} (C++ kernels unavailable: {_first_line(e)})"
+        _built = True
+    ops.register("fp8_linear", fp8_linear)
+    ops.register("fp4_linear", fp4_linear)
+    return "C++ CPU kernels: fp8_linear, fp4_linear"
+
+
+def _row_kernel(x: torch.Tensor, k: int) -> bool:
+    return x.device.type == "cpu" and x.numel() <= MAX_ROWS * k
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, act_quant: bool) -> torch.Tensor:
+    k = weight.shape[1]
+    if not _row_kernel(x, k):
+        return ops_ref.fp8_linear(x, weight, scale, act_quant)
+    rows = (quant.act_quant(x) if act_quant else x).reshape(-1, k).float().contiguous()
+    y = torch.ops.v4cli.fp8_linear(rows, weight, scale.view(torch.uint8))
+    return y.view(*x.shape[:-1], weight.shape[0]).to(x.dtype)
+
+
+def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, act_quant: bool) -> torch.Tensor:
+    k = packed.shape[1] * 2
+    if not _row_kernel(x, k):
+        return ops_ref.fp4_linear(x, packed, scale, act_quant)
+    rows = (quant.act_quant(x) if act_quant else x).reshape(-1, k).float().contiguous()
+    y = torch.ops.v4cli.fp4_linear(rows, packed, scale.view(torch.uint8))
+    return y.view(*x.shape[:-1], packed.shape[0]).to(x.dtype)
+
+
+if __name__ == "__main__":  # `python -m v4cli.runtime.kernels`: build ahead of time (make setup does)
+    print(install())

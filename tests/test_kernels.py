@@ -1,0 +1,156 @@
+"""The C++ CPU kernels (csrc/) against their PyTorch twins in ops_ref, and wired into the engine."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from v4cli.runtime import Engine, SamplingParams, kernels, ops, ops_ref, quant
+
+pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                reason="no C++ compiler on PATH")
+
+
+@pytest.fixture(scope="module")
+def built():
+    """Kernels built (or loaded from the cache) and installed; the twins again afterwards."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("V4_KERNELS", "1")
+    line = kernels.install()
+    assert line.startswith("C++ CPU kernels"), line  # this machine has a compiler: the build must work
+    yield line
+    ops.reset()
+    mp.undo()
+
+
+def _fp8(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return quant.quantize_fp8(torch.randn(n, k, generator=g) * torch.rand(n, 1, generator=g) * 3)
+
+
+def _fp4(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return quant.quantize_fp4(torch.randn(n, k, generator=g) * torch.rand(n, 1, generator=g) * 3)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rel: float) -> None:
+    """Only the order of summation differs: bound the error by the size of the products summed."""
+    assert a.shape == b.shape and a.dtype == b.dtype
+    assert torch.isfinite(a).all()
+    err = (a.float() - b.float()).abs().max().item()
+    assert err <= rel * max(b.float().abs().max().item(), 1.0), err
+
+
+def test_install_routes_the_linear_ops(built):
+    assert ops.backend("fp8_linear") == kernels.__name__
+    assert ops.backend("fp4_linear") == kernels.__name__
+    assert ops.backend("sparse_attention") == "torch"
+
+
+def _one_hot_columns(k: int):
+    """Inputs that pick one column each: y[:, c] is then the decoded weight column itself, exactly."""
+    for col0 in range(0, k, 16):
+        x = torch.zeros(16, k)
+        x[torch.arange(16), col0 + torch.arange(16)] = 1.0
+        yield x
+
+
+def test_every_e4m3_byte_and_scale_decodes_exactly(built):
+    bytes_ = (torch.arange(256).repeat(256, 1) + torch.arange(256).unsqueeze(1)) % 256  # each row a rotation
+    bytes_[(bytes_ & 0x7F) == 0x7F] = 0  # NaN codes apart (below): one NaN makes its whole row NaN
+    weight = bytes_.to(torch.uint8).view(torch.float8_e4m3fn)
+    # 2^-127 (a subnormal float) up to 2^100; 0 * inf would make rows NaN, so no overflow.
+    scale = torch.tensor([[0, 60], [127, 227]], dtype=torch.uint8).view(torch.float8_e8m0fnu)
+    for x in _one_hot_columns(256):
+        assert torch.equal(ops.fp8_linear(x, weight, scale, False), ops_ref.fp8_linear(x, weight, scale, False))
+    nan_row = torch.zeros(128, 256, dtype=torch.uint8)
+    nan_row[5, 17], nan_row[9, 200] = 0x7F, 0xFF
+    got = ops.fp8_linear(torch.ones(2, 256), nan_row.view(torch.float8_e4m3fn), scale[:1], False)
+    assert got.isnan().nonzero()[:, 1].unique().tolist() == [5, 9]
+
+
+def test_every_fp4_byte_and_scale_decodes_exactly(built):
+    k = 512  # 256 bytes per row: every byte value, both nibbles
+    packed = ((torch.arange(256).repeat(64, 1) + torch.arange(64).unsqueeze(1)) % 256).to(torch.uint8)
+    packed = packed.view(torch.int8)
+    scale = torch.randint(0, 220, (64, k // 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    scale[0, 0] = 0  # 2^-127, a subnormal float
+    scale = scale.view(torch.float8_e8m0fnu)
+    for x in _one_hot_columns(k):
+        assert torch.equal(ops.fp4_linear(x, packed, scale, False), ops_ref.fp4_linear(x, packed, scale, False))
+
+
+@pytest.mark.parametrize("n,k", [(256, 256), (300, 200), (129, 384), (1024, 2048)])
+@pytest.mark.parametrize("rows", [1, 3, 16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp8_linear_matches_twin(built, n, k, rows, dtype):
+    weight, scale = _fp8(n, k, seed=n + k)
+    x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows)).to(dtype)
+    for act_quant in (False, True):
+        _close(ops.fp8_linear(x, weight, scale, act_quant), ops_ref.fp8_linear(x, weight, scale, act_quant),
+               1e-5 if dtype == torch.float32 else 1e-2)
+
+
+@pytest.mark.parametrize("n,k", [(128, 256), (77, 96), (512, 2048)])
+@pytest.mark.parametrize("rows", [1, 5, 16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp4_linear_matches_twin(built, n, k, rows, dtype):
+    packed, scale = _fp4(n, k, seed=n * k)
+    x = torch.randn(2, rows, k, generator=torch.Generator().manual_seed(rows)).to(dtype)[1]
+    for act_quant in (False, True):
+        _close(ops.fp4_linear(x, packed, scale, act_quant), ops_ref.fp4_linear(x, packed, scale, act_quant),
+               1e-5 if dtype == torch.float32 else 1e-2)
+
+
+def test_batched_leading_dims_and_many_rows(built):
+    weight, scale = _fp8(256, 384, seed=1)
+    x = torch.randn(2, 3, 384)
+    _close(ops.fp8_linear(x, weight, scale, False), ops_ref.fp8_linear(x, weight, scale, False), 1e-5)
+    many = torch.randn(kernels.MAX_ROWS + 1, 384)  # past the row kernel: the twin's GEMM, bit for bit
+    assert torch.equal(ops.fp8_linear(many, weight, scale, True), ops_ref.fp8_linear(many, weight, scale, True))
+
+
+def test_results_do_not_depend_on_the_thread_count(built):
+    weight, scale = _fp8(2048, 1024, seed=2)
+    x = torch.randn(4, 1024)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.fp8_linear(x, weight, scale, False)
+        torch.set_num_threads(max(threads, 2))
+        two = ops.fp8_linear(x, weight, scale, False)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+
+
+def test_bad_shapes_are_refused_with_a_message(built):
+    weight, scale = _fp8(256, 256, seed=3)
+    with pytest.raises(RuntimeError, match="x has 128 inputs, the weight 256"):
+        torch.ops.v4cli.fp8_linear(torch.randn(1, 128), weight, scale.view(torch.uint8))
+    with pytest.raises(RuntimeError, match="scale must be"):
+        torch.ops.v4cli.fp8_linear(torch.randn(1, 256), weight, scale.view(torch.uint8)[:, :1])
+    packed, s4 = _fp4(64, 96, seed=4)
+    with pytest.raises(RuntimeError, match="scale must be"):
+        torch.ops.v4cli.fp4_linear(torch.randn(1, 96), packed, s4.view(torch.uint8)[:32])
+
+
+def test_engine_uses_the_kernels_and_decodes_as_the_twins(built, ckpt_dir, monkeypatch):
+    path = ckpt_dir("flash")
+    prompt = torch.randint(0, 1024, (40,), generator=torch.Generator().manual_seed(5)).tolist()
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, logprobs=0)
+    fast = Engine.from_pretrained(path, max_context=128, max_batch=2, simulate_quant=False)
+    assert fast.kernels.startswith("C++ CPU kernels")
+    got = fast.generate(prompt, params)
+    monkeypatch.setenv("V4_KERNELS", "0")
+    ops.reset()
+    ref = Engine.from_pretrained(path, max_context=128, max_batch=2, simulate_quant=False)
+    assert ref.kernels == "PyTorch reference ops (V4_KERNELS=0)" and ops.backend("fp8_linear") == "torch"
+    want = ref.generate(prompt, params)
+    assert got.token_ids == want.token_ids
+    diffs = [abs(a.logprob - b.logprob) for a, b in zip(got.logprobs, want.logprobs, strict=True)]
+    assert max(diffs) < 1e-4
+    monkeypatch.setenv("V4_KERNELS", "1")
+    kernels.install()  # back on for the tests after this one
