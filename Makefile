@@ -8,7 +8,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0   # first, so nothing pulls a multi-GB CUDA build
 	$(BIN)/pip install -q -e '.[test]'
-	$(BIN)/python -m v4cli.runtime.kernels   # the C++ CPU kernels, once (without a compiler the twins run)
+	$(BIN)/python -c 'from v4cli.runtime import kernels; print(kernels.install())'   # C++ kernels, once
 	touch $@
 
 setup: $(VENV)/.installed

@@ -3,12 +3,19 @@
 
 #include <ATen/ATen.h>
 
+#include <tuple>
+
 namespace v4cli {
 
 // y[M, N] = x[M, K] @ dequant(W)^T for a few rows of float32 input (decode, speculative verify).
 // W is e4m3 [N, K] with UE8M0 scales over 128x128 tiles, or packed e2m1 [N, K/2] with a UE8M0 scale
-// per 32 inputs of a row. The input rounding (act_quant) is applied by the caller, as in the twins.
-at::Tensor fp8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale);
-at::Tensor fp4_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale);
+// per 32 inputs of a row. With act_quant, x is first rounded as the reference's FP8 GEMM input.
+at::Tensor fp8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale, bool act_quant);
+at::Tensor fp4_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale, bool act_quant);
+
+// mHC weights from the mixing logits [T, (2+n)n]: pre [T, n], post [T, n], comb [T, n, n] (Sinkhorn).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> hc_sinkhorn_cpu(const at::Tensor& mixes, const at::Tensor& scale,
+                                                               const at::Tensor& base, int64_t n, int64_t iters,
+                                                               double eps);
 
 }  // namespace v4cli

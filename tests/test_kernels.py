@@ -46,6 +46,7 @@ def _close(a: torch.Tensor, b: torch.Tensor, rel: float) -> None:
 def test_install_routes_the_linear_ops(built):
     assert ops.backend("fp8_linear") == kernels.__name__
     assert ops.backend("fp4_linear") == kernels.__name__
+    assert ops.backend("hc_sinkhorn") == kernels.__name__
     assert ops.backend("sparse_attention") == "torch"
 
 
@@ -129,12 +130,12 @@ def test_results_do_not_depend_on_the_thread_count(built):
 def test_bad_shapes_are_refused_with_a_message(built):
     weight, scale = _fp8(256, 256, seed=3)
     with pytest.raises(RuntimeError, match="x has 128 inputs, the weight 256"):
-        torch.ops.v4cli.fp8_linear(torch.randn(1, 128), weight, scale.view(torch.uint8))
+        torch.ops.v4cli.fp8_linear(torch.randn(1, 128), weight, scale.view(torch.uint8), False)
     with pytest.raises(RuntimeError, match="scale must be"):
-        torch.ops.v4cli.fp8_linear(torch.randn(1, 256), weight, scale.view(torch.uint8)[:, :1])
+        torch.ops.v4cli.fp8_linear(torch.randn(1, 256), weight, scale.view(torch.uint8)[:, :1], False)
     packed, s4 = _fp4(64, 96, seed=4)
     with pytest.raises(RuntimeError, match="scale must be"):
-        torch.ops.v4cli.fp4_linear(torch.randn(1, 96), packed, s4.view(torch.uint8)[:32])
+        torch.ops.v4cli.fp4_linear(torch.randn(1, 96), packed, s4.view(torch.uint8)[:32], False)
 
 
 def test_engine_uses_the_kernels_and_decodes_as_the_twins(built, ckpt_dir, monkeypatch):
@@ -154,3 +155,34 @@ def test_engine_uses_the_kernels_and_decodes_as_the_twins(built, ckpt_dir, monke
     assert max(diffs) < 1e-4
     monkeypatch.setenv("V4_KERNELS", "1")
     kernels.install()  # back on for the tests after this one
+
+
+def test_input_rounding_is_the_twins_bit_for_bit(built):
+    # Through an identity FP8 weight (scale 1) the output is the rounded input itself, exactly.
+    k = 200  # one 128 block and a 72-wide tail block
+    eye, one = quant.quantize_fp8(torch.eye(k))
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(6, k, generator=g) * torch.logspace(-8, 4, k)  # blocks of very different magnitudes
+    x[1] = 0.0  # amax below the 1e-4 floor
+    x[2, :128] = 1e-6
+    x[3] = torch.linspace(-448, 448, k)  # e4m3 ties and the saturation edge at scale 1
+    x[4, 5] = float(torch.finfo(torch.float32).max) / 2
+    got = ops.fp8_linear(x, eye, one, True)
+    assert torch.equal(got, quant.act_quant(x))
+    assert torch.equal(ops.fp8_linear(x.bfloat16(), eye, one, True), quant.act_quant(x.bfloat16()))
+
+
+@pytest.mark.parametrize("tokens", [1, 7, 300])
+def test_hc_sinkhorn_matches_twin(built, tokens):
+    g = torch.Generator().manual_seed(tokens)
+    n, eps = 4, 1e-6
+    mixes = torch.randn(tokens, (2 + n) * n, generator=g) * 3
+    base, scale = torch.randn((2 + n) * n, generator=g), torch.rand(3, generator=g) + 0.5
+    got = ops.hc_sinkhorn(mixes, scale, base, n, 20, eps)
+    want = ops_ref.hc_sinkhorn(mixes, scale, base, n, 20, eps)
+    for a, b in zip(got, want, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert (a - b).abs().max().item() < 1e-6
+    assert torch.allclose(got[2].sum(-2), torch.ones(tokens, n), atol=1e-4)  # columns balanced last
+    with pytest.raises(RuntimeError, match="mixes must be"):
+        torch.ops.v4cli.hc_sinkhorn(mixes[:, :10], scale, base, n, 20, eps)

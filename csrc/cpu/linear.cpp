@@ -7,6 +7,7 @@
 // of summation differs.
 
 #include <ATen/Parallel.h>
+#include <c10/util/Float8_e4m3fn.h>
 
 #include <algorithm>
 #include <cmath>
@@ -22,6 +23,8 @@ constexpr int64_t kFp8Tile = 128;  // FP8 scales cover 128x128 tiles
 constexpr int64_t kFp4Block = 32;  // FP4 scales cover 32 inputs of one row
 constexpr int64_t kSpan = 1024;    // weights decoded at a time (4 KiB of float32: stays in L1)
 constexpr int64_t kLanes = 16;     // independent partial sums: one AVX-512 register, two AVX2 ones
+constexpr int64_t kActBlock = 128; // the input rounding's block along K
+constexpr float kFp8Max = 448.f;
 
 inline float from_bits(uint32_t u) {
   float f;
@@ -74,6 +77,32 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
+// 2^ceil(log2(v)) for v > 0, exactly (frexp, not a rounded log2): the reference's UE8M0 scale.
+inline float pow2_ceil(float v) {
+  int e;
+  const float mant = std::frexp(v, &e);  // v = mant * 2^e, mant in [0.5, 1)
+  return std::ldexp(1.f, mant == 0.5f ? e - 1 : e);
+}
+
+// The reference's rounding of an FP8 GEMM input: each 1x128 block along K (a shorter block at the end)
+// scaled by 2^ceil(log2(max(amax, 1e-4) / 448)), rounded to e4m3 (nearest even, saturating), scaled back.
+void act_quant_rows(const float* x, float* out, int64_t m_rows, int64_t k) {
+  for (int64_t m = 0; m < m_rows; ++m) {
+    for (int64_t k0 = 0; k0 < k; k0 += kActBlock) {
+      const float* xb = x + m * k + k0;
+      float* ob = out + m * k + k0;
+      const int64_t len = std::min(kActBlock, k - k0);
+      float amax = 0.f;
+      for (int64_t j = 0; j < len; ++j) amax = std::max(amax, std::abs(xb[j]));
+      const float s = pow2_ceil(std::max(amax, 1e-4f) / kFp8Max);
+      for (int64_t j = 0; j < len; ++j) {
+        const float v = std::min(std::max(xb[j] / s, -kFp8Max), kFp8Max);
+        ob[j] = static_cast<float>(c10::Float8_e4m3fn(v)) * s;
+      }
+    }
+  }
+}
+
 void check_input(const at::Tensor& x, int64_t k, const char* op) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), op,
               ": x must be a contiguous float32 [M, K] tensor");
@@ -84,10 +113,16 @@ void check_input(const at::Tensor& x, int64_t k, const char* op) {
 // every input row. Rows of W are split across threads; each output element is summed in one place,
 // so results do not depend on the thread count.
 template <typename Decode>
-at::Tensor rows_times_weight(const at::Tensor& x, int64_t n_out, Decode decode) {
+at::Tensor rows_times_weight(const at::Tensor& x, int64_t n_out, bool act_quant, Decode decode) {
   const int64_t m_rows = x.size(0), k = x.size(1);
   at::Tensor out = at::empty({m_rows, n_out}, x.options());
+  at::Tensor rounded;
   const float* xp = x.data_ptr<float>();
+  if (act_quant) {
+    rounded = at::empty_like(x);
+    act_quant_rows(xp, rounded.data_ptr<float>(), m_rows, k);
+    xp = rounded.data_ptr<float>();
+  }
   float* op = out.data_ptr<float>();
   const int64_t grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(k, 1));
   at::parallel_for(0, n_out, grain, [&](int64_t n0, int64_t n1) {
@@ -106,7 +141,7 @@ at::Tensor rows_times_weight(const at::Tensor& x, int64_t n_out, Decode decode) 
 
 }  // namespace
 
-at::Tensor fp8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale) {
+at::Tensor fp8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale, bool act_quant) {
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kFloat8_e4m3fn && weight.is_contiguous(),
               "fp8_linear: weight must be a contiguous float8_e4m3fn [N, K] tensor");
   const int64_t n_out = weight.size(0), k = weight.size(1);
@@ -117,7 +152,7 @@ at::Tensor fp8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const a
               "fp8_linear: scale must be a contiguous UE8M0 [ceil(N/128), ceil(K/128)] tensor");
   const auto* w = static_cast<const uint8_t*>(weight.data_ptr());
   const auto* s = static_cast<const uint8_t*>(scale.data_ptr());
-  return rows_times_weight(x, n_out, [=](int64_t n, int64_t k0, int64_t len, float* buf) {
+  return rows_times_weight(x, n_out, act_quant, [=](int64_t n, int64_t k0, int64_t len, float* buf) {
     const uint8_t* row = w + n * k;
     const uint8_t* srow = s + (n / kFp8Tile) * tiles;
     for (int64_t t = 0; t < len; t += kFp8Tile) {  // spans start on tile boundaries (kSpan % 128 == 0)
@@ -128,7 +163,7 @@ at::Tensor fp8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const a
   });
 }
 
-at::Tensor fp4_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale) {
+at::Tensor fp4_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale, bool act_quant) {
   TORCH_CHECK(packed.dim() == 2 && packed.element_size() == 1 && packed.is_contiguous(),
               "fp4_linear: packed must be a contiguous int8 [N, K/2] tensor");
   const int64_t n_out = packed.size(0), k = packed.size(1) * 2;
@@ -139,7 +174,7 @@ at::Tensor fp4_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
               "fp4_linear: scale must be a contiguous UE8M0 [N, K/32] tensor");
   const auto* w = static_cast<const uint8_t*>(packed.data_ptr());
   const auto* s = static_cast<const uint8_t*>(scale.data_ptr());
-  return rows_times_weight(x, n_out, [=](int64_t n, int64_t k0, int64_t len, float* buf) {
+  return rows_times_weight(x, n_out, act_quant, [=](int64_t n, int64_t k0, int64_t len, float* buf) {
     const uint8_t* row = w + n * (k / 2);
     const uint8_t* srow = s + n * (k / kFp4Block);
     for (int64_t t = 0; t < len; t += kFp4Block) {  // element 2i in the low nibble, 2i+1 in the high one

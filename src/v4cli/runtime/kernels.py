@@ -2,7 +2,7 @@
 
 `install()` builds (once per source, torch version and CPU) and registers them; without a compiler, the
 sources or a working build, the PyTorch twins keep running and `install()` says why in one line.
-`V4_KERNELS=0` keeps the twins.
+`V4_KERNELS=0` keeps the twins. `make setup` builds them ahead of time.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from . import ops, ops_ref, quant
+from . import ops, ops_ref
 
 CSRC = Path(__file__).resolve().parents[3] / "csrc"
-SOURCES = ("registration.cpp", "cpu/linear.cpp")
+SOURCES = ("registration.cpp", "cpu/linear.cpp", "cpu/hc.cpp")
 HEADERS = ("ops.h",)
 CFLAGS = ("-O3", "-march=native", "-std=c++17")
 # Above this many input rows the twin's dequantize-then-GEMM wins: its one dequantization is shared by
@@ -109,7 +109,8 @@ def install() -> str:
         _built = True
     ops.register("fp8_linear", fp8_linear)
     ops.register("fp4_linear", fp4_linear)
-    return "C++ CPU kernels: fp8_linear, fp4_linear"
+    ops.register("hc_sinkhorn", hc_sinkhorn)
+    return "C++ CPU kernels: fp8_linear, fp4_linear, hc_sinkhorn"
 
 
 def _row_kernel(x: torch.Tensor, k: int) -> bool:
@@ -120,8 +121,8 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, act_q
     k = weight.shape[1]
     if not _row_kernel(x, k):
         return ops_ref.fp8_linear(x, weight, scale, act_quant)
-    rows = (quant.act_quant(x) if act_quant else x).reshape(-1, k).float().contiguous()
-    y = torch.ops.v4cli.fp8_linear(rows, weight, scale.view(torch.uint8))
+    rows = x.reshape(-1, k).float().contiguous()
+    y = torch.ops.v4cli.fp8_linear(rows, weight, scale.view(torch.uint8), act_quant)
     return y.view(*x.shape[:-1], weight.shape[0]).to(x.dtype)
 
 
@@ -129,10 +130,14 @@ def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, act_q
     k = packed.shape[1] * 2
     if not _row_kernel(x, k):
         return ops_ref.fp4_linear(x, packed, scale, act_quant)
-    rows = (quant.act_quant(x) if act_quant else x).reshape(-1, k).float().contiguous()
-    y = torch.ops.v4cli.fp4_linear(rows, packed, scale.view(torch.uint8))
+    rows = x.reshape(-1, k).float().contiguous()
+    y = torch.ops.v4cli.fp4_linear(rows, packed, scale.view(torch.uint8), act_quant)
     return y.view(*x.shape[:-1], packed.shape[0]).to(x.dtype)
 
 
-if __name__ == "__main__":  # `python -m v4cli.runtime.kernels`: build ahead of time (make setup does)
-    print(install())
+def hc_sinkhorn(mixes: torch.Tensor, scale: torch.Tensor, base: torch.Tensor, n: int, iters: int,
+                eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if mixes.device.type != "cpu":
+        return ops_ref.hc_sinkhorn(mixes, scale, base, n, iters, eps)
+    return torch.ops.v4cli.hc_sinkhorn(mixes, scale, base, n, iters, eps)
+
