@@ -254,6 +254,23 @@ def test_ask_second_question_reuses_the_prefix(env: Path, repo: Path) -> None:
     assert r.exit_code == 0 and "cached" in r.stderr and "no cache hit" not in r.stderr
 
 
+def test_ask_says_when_the_kernels_cannot_be_built(env: Path, tmp_path: Path) -> None:
+    # A compiler that does not exist: the build fails, the answer still comes (from the PyTorch twins),
+    # the user is told why once, and the next run does not try to build again.
+    cmd = [sys.executable, "-m", "v4cli.cli", "ask", "--no-think", "--max-tokens", "2", "--context", "1024", "hi"]
+    environ = {**os.environ, "V4_KERNELS": "1", "V4_KERNEL_CACHE": str(tmp_path / "kernels"),
+               "CXX": str(tmp_path / "no-such-c++"), "COLUMNS": "400"}
+    first = subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert "building the C++ CPU kernels" in first.stderr
+    assert "running on PyTorch reference ops (C++ kernels unavailable: the build failed, see " in first.stderr
+    assert "WARNING" not in first.stderr and first.stdout.strip()
+    assert "no-such-c++" in next((tmp_path / "kernels").glob("*/FAILED")).read_text()
+    second = subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0 and "building" not in second.stderr
+    assert "an earlier build failed" in second.stderr
+
+
 def test_ask_over_the_context(env: Path) -> None:
     r = run("ask", "--no-think", "--context", "256", "--max-tokens", "8", "why " * 300)
     assert r.exit_code == 1 and "the context holds 256" in r.stderr and "Traceback" not in r.output

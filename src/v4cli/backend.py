@@ -172,11 +172,11 @@ class LocalBackend:
 
         if not self.is_tiny:
             yield Notice(f"loading {self.model} …")  # a real checkpoint takes a while: say what is happening
-        if self.device == "cpu" and kernels.enabled() and not kernels.is_built():
+        if self.device == "cpu" and kernels.will_build():
             yield Notice("building the C++ CPU kernels (once per machine, about a minute) …")
         self.load()
         if self.device == "cpu" and kernels.enabled() and self.engine.kernels.startswith(kernels.REFERENCE):
-            yield Notice(f"running on {self.engine.kernels}: slower decoding, same results")
+            yield Notice(f"running on {self.engine.kernels}: decoding is slower")
 
     def encode(self, messages: Sequence[Message], thinking: bool, effort: str | None) -> list[int]:
         prompt = chat_format.encode_messages(messages, "thinking" if thinking else "chat", reasoning_effort=effort)

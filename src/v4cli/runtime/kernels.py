@@ -19,7 +19,7 @@ from . import ops, ops_ref
 CSRC = Path(__file__).resolve().parents[3] / "csrc"
 SOURCES = ("registration.cpp", "cpu/linear.cpp", "cpu/hc.cpp")
 HEADERS = ("ops.h",)
-CFLAGS = ("-O3", "-march=native", "-std=c++17")
+CFLAGS = ("-O3", "-march=native")
 # Above this many input rows the twin's dequantize-then-GEMM wins: its one dequantization is shared by
 # every row and the GEMM is MKL's. At or below it (decode, speculative verify) the row kernel reads W once.
 MAX_ROWS = 16
@@ -59,15 +59,20 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def is_built() -> bool:
-    """True when install() will load a cached build rather than compile (for a 'building…' notice)."""
+def will_build() -> bool:
+    """True when install() would compile (no cached build, no recorded failure): worth a notice first."""
+    if not enabled():
+        return False
     try:
-        return any((cache_dir() / build_key()).glob("v4cli_cpu*.so"))
+        out = cache_dir() / build_key()
+        return not (any(out.glob("v4cli_cpu*.so")) or (out / "FAILED").exists())
     except OSError:
         return False
 
 
 def _build() -> None:
+    import logging
+
     from torch.utils import cpp_extension
 
     try:  # the `ninja` wheel (a dependency) may not be on PATH when v4 runs outside an activated venv
@@ -79,14 +84,19 @@ def _build() -> None:
     out = cache_dir() / build_key()
     failed = out / "FAILED"
     if failed.exists():  # do not recompile (tens of seconds) on every start after a failure
-        raise RuntimeError(f"{failed.read_text().strip()} (an earlier build failed; delete {out} to retry)")
+        raise RuntimeError(f"an earlier build failed, see {failed}; delete {out} to retry")
     out.mkdir(parents=True, exist_ok=True)
+    log = logging.getLogger(cpp_extension.__name__)
+    level, log.level = log.level, logging.ERROR  # its compiler warnings would land in the user's terminal
     try:
         cpp_extension.load(name="v4cli_cpu", sources=[str(CSRC / s) for s in SOURCES], extra_cflags=list(CFLAGS),
                            build_directory=str(out), is_python_module=False, verbose=False)
     except Exception as e:
-        failed.write_text(_first_line(e))
-        raise
+        failed.write_text(f"{type(e).__name__}: {e}\n")
+        line = _first_line(e)
+        raise RuntimeError(f"{line if len(line) <= 100 else 'the build failed'}, see {failed}") from None
+    finally:
+        log.setLevel(level)
 
 
 def _first_line(e: BaseException) -> str:
