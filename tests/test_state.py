@@ -97,3 +97,24 @@ def test_mtp_chunked_equals_one_shot(model):
     assert (torch.cat([part1, part2]) - full).abs().max().item() < 1e-4
     # MTP logits differ from the main head's: a separate block with its own weights
     assert (full - model.head_logits(h[:-1])).abs().max().item() > 0.1
+
+
+def test_reserve_keeps_entry_buffers_within_the_plan(model):
+    # Without a reservation the 1.25x growth leaves up to a quarter unused; with one, buffers stop at
+    # what prompt + max_tokens produce, and a verify step past it still fits (the cap is soft).
+    ids = torch.randint(0, 1024, (1100,), generator=torch.Generator().manual_seed(6))
+    free, held = SeqState.new(model.args), SeqState.new(model.args)
+    held.reserve(model.args, 1000)
+    with torch.inference_mode():
+        for st in (free, held):
+            for s0 in range(0, 1000, 8):
+                model(ids[s0 : s0 + 8], [st], [8])
+    csa = [st.layers[2].comp.entries for st in (free, held)] + [st.layers[2].index.entries for st in (free, held)]
+    assert all(r.n == 250 for r in csa)
+    assert csa[0].capacity > 250 and csa[2].capacity > 250  # 64 -> 80 -> 100 -> 125 -> 156 -> 195 -> 243 -> 303
+    assert csa[1].capacity == 250 and csa[3].capacity == 250
+    assert held.layers[3].comp.entries.capacity <= max(64, 1000 // 128)
+    snap = held.snapshot()
+    with torch.inference_mode():
+        model(ids[1000:1100], [snap], [100])  # past the reservation: grows exactly as needed
+    assert snap.layers[2].comp.entries.n == snap.layers[2].comp.entries.capacity == 275

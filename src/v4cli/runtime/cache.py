@@ -17,16 +17,25 @@ from .args import ModelArgs
 
 
 class Rows:
-    """An append-only [N, d] tensor with amortised O(1) appends (capacity grows by a quarter)."""
+    """An append-only [N, d] tensor with amortised O(1) appends (capacity grows by a quarter).
+
+    `limit`: the rows this sequence is expected to reach (prompt + max_tokens); growth stops there, so
+    the allocation stays within the memory plan's figure instead of up to a quarter above it."""
 
     def __init__(self, dim: int, dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
         self._buf = torch.empty(0, dim, dtype=dtype, device=device)
         self.n = 0
+        self.limit: int | None = None
+
+    @property
+    def capacity(self) -> int:
+        return self._buf.shape[0]
 
     def append(self, rows: torch.Tensor) -> None:
         need = self.n + rows.shape[0]
         if need > self._buf.shape[0]:
-            cap = max(need, self._buf.shape[0] * 5 // 4, 64)  # 1.25x: at most a quarter unused at 1M tokens
+            grow = max(self._buf.shape[0] * 5 // 4, 64)  # 1.25x: at most a quarter unused at 1M tokens
+            cap = max(need, min(grow, self.limit) if self.limit else grow)
             grown = torch.empty(cap, self._buf.shape[1], dtype=self._buf.dtype, device=self._buf.device)
             grown[: self.n] = self._buf[: self.n]
             self._buf = grown
@@ -44,7 +53,7 @@ class Rows:
 
     def __deepcopy__(self, memo: dict) -> Rows:
         out = Rows.__new__(Rows)
-        out._buf, out.n = self._buf[: self.n].clone(), self.n
+        out._buf, out.n, out.limit = self._buf[: self.n].clone(), self.n, self.limit
         return out
 
 
@@ -95,6 +104,13 @@ class SeqState:
         n = args.num_hidden_layers
         return cls(layers=[layer(args.compress_ratios[i]) for i in range(n)],
                    mtp=[layer(0) for _ in range(args.num_nextn_predict_layers)])
+
+    def reserve(self, args: ModelArgs, tokens: int) -> None:
+        """Cap each compressed-entry buffer's growth at what `tokens` positions produce."""
+        for ratio, st in zip(args.compress_ratios, self.layers, strict=False):
+            for comp in (st.comp, st.index):
+                if comp is not None:
+                    comp.entries.limit = tokens // ratio
 
     def snapshot(self) -> SeqState:
         return copy.deepcopy(self)

@@ -173,6 +173,7 @@ class Engine:
             n, state = self.prefix_cache.lookup(prompt[:-1])
             if state is not None:
                 req.state, req.prefilled, live.cached = state, n, n
+                state.reserve(self.args, min(len(prompt) + params.max_tokens, self.max_context))
             req.cache_points = sorted({c for c in (cache_prefix, len(prompt)) if c and n < c <= len(prompt)})
         self._live[req.id] = (req, live)
         self.scheduler.add(req)
@@ -203,6 +204,7 @@ class Engine:
             live = self._live[req.id][1]
             if req.state is None:
                 req.state = SeqState.new(self.args, self.model.dtype, self.device)
+                req.state.reserve(self.args, min(len(req.prompt) + req.params.max_tokens, self.max_context))
             run = req.prompt[req.prefilled : req.prefilled + n] if req.in_prefill else live.pending + live.draft
             # A verify step may be partly undone: remember what the drafted tokens will overwrite.
             marks.append(req.state.mark(len(run)) if live.draft else None)
