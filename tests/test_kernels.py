@@ -84,7 +84,7 @@ def test_every_fp4_byte_and_scale_decodes_exactly(built):
 
 
 @pytest.mark.parametrize("n,k", [(256, 256), (300, 200), (129, 384), (1024, 2048)])
-@pytest.mark.parametrize("rows", [1, 3, 16])
+@pytest.mark.parametrize("rows", [1, 3, 32])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fp8_linear_matches_twin(built, n, k, rows, dtype):
     weight, scale = _fp8(n, k, seed=n + k)
@@ -95,7 +95,7 @@ def test_fp8_linear_matches_twin(built, n, k, rows, dtype):
 
 
 @pytest.mark.parametrize("n,k", [(128, 256), (77, 96), (512, 2048)])
-@pytest.mark.parametrize("rows", [1, 5, 16])
+@pytest.mark.parametrize("rows", [1, 5, 32])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fp4_linear_matches_twin(built, n, k, rows, dtype):
     packed, scale = _fp4(n, k, seed=n * k)

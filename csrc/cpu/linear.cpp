@@ -1,4 +1,4 @@
-// FP8 and FP4 linear layers for a few input rows (decode and speculative verify) on the CPU.
+// FP8 and FP4 linear layers for a few input rows (decode, batched decode, speculative verify) on the CPU.
 //
 // The PyTorch twin dequantizes the whole weight to float32 and multiplies; for one row of input that
 // writes and re-reads four times the weight's bytes. Here each row of W is decoded span by span into
