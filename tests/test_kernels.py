@@ -84,7 +84,7 @@ def test_every_fp4_byte_and_scale_decodes_exactly(built):
 
 
 @pytest.mark.parametrize("n,k", [(256, 256), (300, 200), (129, 384), (1024, 2048)])
-@pytest.mark.parametrize("rows", [1, 3, 32])
+@pytest.mark.parametrize("rows", [1, 3, 32, 64])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fp8_linear_matches_twin(built, n, k, rows, dtype):
     weight, scale = _fp8(n, k, seed=n + k)
@@ -109,8 +109,12 @@ def test_batched_leading_dims_and_many_rows(built):
     weight, scale = _fp8(256, 384, seed=1)
     x = torch.randn(2, 3, 384)
     _close(ops.fp8_linear(x, weight, scale, False), ops_ref.fp8_linear(x, weight, scale, False), 1e-5)
-    many = torch.randn(kernels.MAX_ROWS + 1, 384)  # past the row kernel: the twin's GEMM, bit for bit
-    assert torch.equal(ops.fp8_linear(many, weight, scale, True), ops_ref.fp8_linear(many, weight, scale, True))
+    for rows in (33, 300):  # past the row kernel: dequantize-then-GEMM, the twin's own computation, bit for bit
+        many = torch.randn(rows, 384)
+        assert torch.equal(ops.fp8_linear(many, weight, scale, True), ops_ref.fp8_linear(many, weight, scale, True))
+    packed, s4 = _fp4(96, 256, seed=9)
+    many = torch.randn(2, 40, 256)
+    assert torch.equal(ops.fp4_linear(many, packed, s4, True), ops_ref.fp4_linear(many, packed, s4, True))
 
 
 def test_results_do_not_depend_on_the_thread_count(built):

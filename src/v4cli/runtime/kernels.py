@@ -20,10 +20,6 @@ CSRC = Path(__file__).resolve().parents[3] / "csrc"
 SOURCES = ("registration.cpp", "cpu/linear.cpp", "cpu/hc.cpp")
 HEADERS = ("ops.h",)
 CFLAGS = ("-O3", "-march=native")
-# Above this many input rows the twin's dequantize-then-GEMM wins: its one dequantization is shared by
-# every row and the GEMM is MKL's. At or below it (decode, batched decode, speculative verify) the row kernel
-# reads W once. Measured on 2 cores: at 32 rows the kernel is 1.6-2.4x faster, at 64 rows 0.8-1.5x.
-MAX_ROWS = 32
 
 REFERENCE = "PyTorch reference ops"  # how install() names the fallback
 _built = False
@@ -124,25 +120,19 @@ def install() -> str:
     return "C++ CPU kernels: fp8_linear, fp4_linear, hc_sinkhorn"
 
 
-def _row_kernel(x: torch.Tensor, k: int) -> bool:
-    return x.device.type == "cpu" and x.numel() <= MAX_ROWS * k
-
-
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, act_quant: bool) -> torch.Tensor:
     k = weight.shape[1]
-    if not _row_kernel(x, k):
+    if x.device.type != "cpu":
         return ops_ref.fp8_linear(x, weight, scale, act_quant)
-    rows = x.reshape(-1, k).float().contiguous()
-    y = torch.ops.v4cli.fp8_linear(rows, weight, scale.view(torch.uint8), act_quant)
+    y = torch.ops.v4cli.fp8_linear(x.reshape(-1, k).float().contiguous(), weight, scale.view(torch.uint8), act_quant)
     return y.view(*x.shape[:-1], weight.shape[0]).to(x.dtype)
 
 
 def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, act_quant: bool) -> torch.Tensor:
     k = packed.shape[1] * 2
-    if not _row_kernel(x, k):
+    if x.device.type != "cpu":
         return ops_ref.fp4_linear(x, packed, scale, act_quant)
-    rows = x.reshape(-1, k).float().contiguous()
-    y = torch.ops.v4cli.fp4_linear(rows, packed, scale.view(torch.uint8), act_quant)
+    y = torch.ops.v4cli.fp4_linear(x.reshape(-1, k).float().contiguous(), packed, scale.view(torch.uint8), act_quant)
     return y.view(*x.shape[:-1], packed.shape[0]).to(x.dtype)
 
 
