@@ -150,7 +150,6 @@ def test_engine_uses_the_kernels_and_decodes_as_the_twins(built, ckpt_dir, monke
     assert fast.kernels.startswith("C++ CPU kernels")
     got = fast.generate(prompt, params)
     monkeypatch.setenv("V4_KERNELS", "0")
-    ops.reset()
     ref = Engine.from_pretrained(path, max_context=128, max_batch=2, simulate_quant=False)
     assert ref.kernels == "PyTorch reference ops (V4_KERNELS=0)" and ops.backend("fp8_linear") == "torch"
     want = ref.generate(prompt, params)

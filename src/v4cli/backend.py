@@ -173,7 +173,7 @@ class LocalBackend:
         if not self.is_tiny:
             yield Notice(f"loading {self.model} …")  # a real checkpoint takes a while: say what is happening
         if self.device == "cpu" and kernels.will_build():
-            yield Notice("building the C++ CPU kernels (once per machine, about a minute) …")
+            yield Notice("building the C++ CPU kernels (once per machine, under a minute) …")
         self.load()
         if self.device == "cpu" and kernels.enabled() and self.engine.kernels.startswith(kernels.REFERENCE):
             yield Notice(f"running on {self.engine.kernels}: decoding is slower")

@@ -104,16 +104,20 @@ def _first_line(e: BaseException) -> str:
 def install() -> str:
     """Build or load the CPU kernels and route `ops` to them; returns a line saying what runs."""
     global _built
+    why = None
     if not enabled():
-        return f"{REFERENCE} (V4_KERNELS=0)"
-    if not all((CSRC / s).exists() for s in SOURCES):
-        return f"{REFERENCE} (kernel sources not found at {CSRC})"
-    if not _built:
+        why = "V4_KERNELS=0"
+    elif not all((CSRC / s).exists() for s in SOURCES):
+        why = f"kernel sources not found at {CSRC}"
+    elif not _built:
         try:
             _build()
-        except Exception as e:  # no compiler, no ninja, a failed build: the twins compute the same results
-            return f"{REFERENCE} (C++ kernels unavailable: {_first_line(e)})"
-        _built = True
+            _built = True
+        except Exception as e:  # no compiler, no ninja, a failed build: the twins compute the same ops
+            why = f"C++ kernels unavailable: {_first_line(e)}"
+    if why is not None:
+        ops.reset()  # what the line says is what runs, even after an earlier install in this process
+        return f"{REFERENCE} ({why})"
     ops.register("fp8_linear", fp8_linear)
     ops.register("fp4_linear", fp4_linear)
     ops.register("hc_sinkhorn", hc_sinkhorn)
