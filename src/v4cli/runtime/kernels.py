@@ -19,7 +19,8 @@ from . import ops, ops_ref
 CSRC = Path(__file__).resolve().parents[3] / "csrc"
 SOURCES = ("registration.cpp", "cpu/linear.cpp", "cpu/hc.cpp")
 HEADERS = ("ops.h",)
-CFLAGS = ("-O3", "-march=native")
+# Tuned for the CPU that builds it (the cache key includes its features). Clang on arm64 wants -mcpu.
+CFLAGS = ("-O3", "-mcpu=native" if platform.machine().lower() in ("arm64", "aarch64") else "-march=native")
 
 REFERENCE = "PyTorch reference ops"  # how install() names the fallback
 _built = False
