@@ -1,4 +1,5 @@
-"""The C++ CPU kernels (csrc/) against their PyTorch twins in ops_ref, and wired into the engine."""
+"""The C++ CPU kernels (csrc/), called directly, against their PyTorch twins in ops_ref; then wired into the
+seam and the engine."""
 
 from __future__ import annotations
 
@@ -65,10 +66,10 @@ def test_every_e4m3_byte_and_scale_decodes_exactly(built):
     # 2^-127 (a subnormal float) up to 2^100; 0 * inf would make rows NaN, so no overflow.
     scale = torch.tensor([[0, 60], [127, 227]], dtype=torch.uint8).view(torch.float8_e8m0fnu)
     for x in _one_hot_columns(256):
-        assert torch.equal(ops.fp8_linear(x, weight, scale, False), ops_ref.fp8_linear(x, weight, scale, False))
+        assert torch.equal(kernels.fp8_linear(x, weight, scale, False), ops_ref.fp8_linear(x, weight, scale, False))
     nan_row = torch.zeros(128, 256, dtype=torch.uint8)
     nan_row[5, 17], nan_row[9, 200] = 0x7F, 0xFF
-    got = ops.fp8_linear(torch.ones(2, 256), nan_row.view(torch.float8_e4m3fn), scale[:1], False)
+    got = kernels.fp8_linear(torch.ones(2, 256), nan_row.view(torch.float8_e4m3fn), scale[:1], False)
     assert got.isnan().nonzero()[:, 1].unique().tolist() == [5, 9]
 
 
@@ -80,7 +81,7 @@ def test_every_fp4_byte_and_scale_decodes_exactly(built):
     scale[0, 0] = 0  # 2^-127, a subnormal float
     scale = scale.view(torch.float8_e8m0fnu)
     for x in _one_hot_columns(k):
-        assert torch.equal(ops.fp4_linear(x, packed, scale, False), ops_ref.fp4_linear(x, packed, scale, False))
+        assert torch.equal(kernels.fp4_linear(x, packed, scale, False), ops_ref.fp4_linear(x, packed, scale, False))
 
 
 @pytest.mark.parametrize("n,k", [(256, 256), (300, 200), (129, 384), (1024, 2048)])
@@ -90,7 +91,7 @@ def test_fp8_linear_matches_twin(built, n, k, rows, dtype):
     weight, scale = _fp8(n, k, seed=n + k)
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows)).to(dtype)
     for act_quant in (False, True):
-        _close(ops.fp8_linear(x, weight, scale, act_quant), ops_ref.fp8_linear(x, weight, scale, act_quant),
+        _close(kernels.fp8_linear(x, weight, scale, act_quant), ops_ref.fp8_linear(x, weight, scale, act_quant),
                1e-5 if dtype == torch.float32 else 1e-2)
 
 
@@ -101,20 +102,20 @@ def test_fp4_linear_matches_twin(built, n, k, rows, dtype):
     packed, scale = _fp4(n, k, seed=n * k)
     x = torch.randn(2, rows, k, generator=torch.Generator().manual_seed(rows)).to(dtype)[1]
     for act_quant in (False, True):
-        _close(ops.fp4_linear(x, packed, scale, act_quant), ops_ref.fp4_linear(x, packed, scale, act_quant),
+        _close(kernels.fp4_linear(x, packed, scale, act_quant), ops_ref.fp4_linear(x, packed, scale, act_quant),
                1e-5 if dtype == torch.float32 else 1e-2)
 
 
 def test_batched_leading_dims_and_many_rows(built):
     weight, scale = _fp8(256, 384, seed=1)
     x = torch.randn(2, 3, 384)
-    _close(ops.fp8_linear(x, weight, scale, False), ops_ref.fp8_linear(x, weight, scale, False), 1e-5)
+    _close(kernels.fp8_linear(x, weight, scale, False), ops_ref.fp8_linear(x, weight, scale, False), 1e-5)
     for rows in (33, 300):  # past the row kernel: dequantize-then-GEMM, the twin's own computation, bit for bit
         many = torch.randn(rows, 384)
-        assert torch.equal(ops.fp8_linear(many, weight, scale, True), ops_ref.fp8_linear(many, weight, scale, True))
+        assert torch.equal(kernels.fp8_linear(many, weight, scale, True), ops_ref.fp8_linear(many, weight, scale, True))
     packed, s4 = _fp4(96, 256, seed=9)
     many = torch.randn(2, 40, 256)
-    assert torch.equal(ops.fp4_linear(many, packed, s4, True), ops_ref.fp4_linear(many, packed, s4, True))
+    assert torch.equal(kernels.fp4_linear(many, packed, s4, True), ops_ref.fp4_linear(many, packed, s4, True))
 
 
 def test_results_do_not_depend_on_the_thread_count(built):
@@ -123,9 +124,9 @@ def test_results_do_not_depend_on_the_thread_count(built):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = ops.fp8_linear(x, weight, scale, False)
+        one = kernels.fp8_linear(x, weight, scale, False)
         torch.set_num_threads(max(threads, 2))
-        two = ops.fp8_linear(x, weight, scale, False)
+        two = kernels.fp8_linear(x, weight, scale, False)
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, two)
@@ -157,7 +158,7 @@ def test_engine_uses_the_kernels_and_decodes_as_the_twins(built, ckpt_dir, monke
     diffs = [abs(a.logprob - b.logprob) for a, b in zip(got.logprobs, want.logprobs, strict=True)]
     assert max(diffs) < 1e-4
     monkeypatch.setenv("V4_KERNELS", "1")
-    kernels.install()  # back on for the tests after this one
+    kernels.install()  # the seam back on the kernels for the rest of the module
 
 
 def test_input_rounding_is_the_twins_bit_for_bit(built):
@@ -170,9 +171,9 @@ def test_input_rounding_is_the_twins_bit_for_bit(built):
     x[2, :128] = 1e-6
     x[3] = torch.linspace(-448, 448, k)  # e4m3 ties and the saturation edge at scale 1
     x[4, 5] = float(torch.finfo(torch.float32).max) / 2
-    got = ops.fp8_linear(x, eye, one, True)
+    got = kernels.fp8_linear(x, eye, one, True)
     assert torch.equal(got, quant.act_quant(x))
-    assert torch.equal(ops.fp8_linear(x.bfloat16(), eye, one, True), quant.act_quant(x.bfloat16()))
+    assert torch.equal(kernels.fp8_linear(x.bfloat16(), eye, one, True), quant.act_quant(x.bfloat16()))
 
 
 @pytest.mark.parametrize("tokens", [1, 7, 300])
@@ -181,7 +182,7 @@ def test_hc_sinkhorn_matches_twin(built, tokens):
     n, eps = 4, 1e-6
     mixes = torch.randn(tokens, (2 + n) * n, generator=g) * 3
     base, scale = torch.randn((2 + n) * n, generator=g), torch.rand(3, generator=g) + 0.5
-    got = ops.hc_sinkhorn(mixes, scale, base, n, 20, eps)
+    got = kernels.hc_sinkhorn(mixes, scale, base, n, 20, eps)
     want = ops_ref.hc_sinkhorn(mixes, scale, base, n, 20, eps)
     for a, b in zip(got, want, strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype
