@@ -31,8 +31,26 @@ class Repo:
         return hashlib.sha1(f"blob {len(data)}\0".encode() + data).hexdigest()  # git blob id
 
 
+class LoopbackServer:
+    """Serves a handler class on 127.0.0.1 (an ephemeral port) from a daemon thread, for a `with` block."""
+
+    url: str
+
+    def _start(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)  # loopback only, ephemeral port
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
 @dataclass
-class FakeHub:
+class FakeHub(LoopbackServer):
     repos: dict[str, Repo] = field(default_factory=dict)
     cut_once: set[str] = field(default_factory=set)
     cut_always: set[str] = field(default_factory=set)
@@ -63,17 +81,8 @@ class FakeHub:
             def do_GET(self) -> None:
                 hub._serve(self, head=False)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # loopback only, ephemeral port
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self._start(Handler)
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
 
     # ---- request handling ------------------------------------------------------------------------------
     def _serve(self, h: BaseHTTPRequestHandler, head: bool) -> None:

@@ -6,9 +6,8 @@ from __future__ import annotations
 import io
 import json
 import re
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
+from hubserver import LoopbackServer
 from v4cli import hub
 from v4cli.backend import (
     BackendError,
@@ -50,7 +50,7 @@ def sse_chunks(text: str = "Hello world", reasoning: str = "Let me think.") -> l
     return chunks
 
 
-class FakeOpenAI:
+class FakeOpenAI(LoopbackServer):
     """POST /v1/chat/completions streams `chunks` as SSE (with a keep-alive comment first); GET /v1/models."""
 
     def __init__(self, chunks: list[dict[str, Any]] | None = None, status: int = 200, body: bytes = b"",
@@ -95,16 +95,8 @@ class FakeOpenAI:
                 self.wfile.flush()
                 self.close_connection = True
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # loopback only
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self._start(Handler)
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
