@@ -123,10 +123,11 @@ class Engine:
         mem = plan_checkpoint(path, max_context, max_batch, dtype.itemsize, available, device)
         if mem is not None:
             mem.check()
-        if torch.device(device).type == "cpu":
+        on_cpu = torch.device(device).type == "cpu"
+        if on_cpu:
             release_large_blocks()
         model = load_model(path, device=device, dtype=dtype, simulate_quant=simulate_quant)
-        kernel_line = kernels.install() if torch.device(device).type == "cpu" else kernels.REFERENCE
+        kernel_line = kernels.install() if on_cpu else kernels.REFERENCE
         tok_file = Path(path) / "tokenizer.json"
         tokenizer = Tokenizer.from_file(str(tok_file)) if tok_file.exists() else None
         # Snapshots depend on the weights, the rounding, the dtype and whether MTP state is kept.

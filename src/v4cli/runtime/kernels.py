@@ -7,6 +7,7 @@ sources or a working build, the PyTorch twins keep running and `install()` says 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -37,6 +38,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "v4cli-kernels"
 
 
+@functools.cache  # read once per process: will_build() and install() both ask
 def build_key() -> str:
     """Sources, flags, torch and the CPU's features: -march=native code must not move to another CPU."""
     h = hashlib.sha256()
