@@ -13,6 +13,10 @@ namespace v4cli {
 at::Tensor fp8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale, bool act_quant);
 at::Tensor fp4_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale, bool act_quant);
 
+// y[M, N] = x[M, K] @ W[N, K]^T for float32 or bfloat16 x and W (same dtype; float32 sums, output in that
+// dtype). Each output is summed in one fixed order, so a row's result does not depend on the other rows.
+at::Tensor dense_linear_cpu(const at::Tensor& x, const at::Tensor& weight);
+
 // mHC weights from the mixing logits [T, (2+n)n]: pre [T, n], post [T, n], comb [T, n, n] (Sinkhorn).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hc_sinkhorn_cpu(const at::Tensor& mixes, const at::Tensor& scale,
                                                                const at::Tensor& base, int64_t n, int64_t iters,

@@ -27,3 +27,24 @@ def ckpt_dir(tmp_path_factory: pytest.TempPathFactory):
         return made[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def serve_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A V4_HOME with the built-in tiny model written once, for the tests that start `v4 serve`."""
+    from v4cli import hub
+
+    home = tmp_path_factory.mktemp("serve-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("V4_HOME", str(home))
+        hub.resolve("tiny")
+    return home
+
+
+@pytest.fixture(scope="session")
+def v4_server(serve_home: Path):
+    """One `v4 serve --model tiny` with its default settings, on a loopback port, for the session."""
+    from v4server import V4Server
+
+    with V4Server(serve_home, "--keepalive", "0.5") as srv:
+        yield srv

@@ -19,7 +19,9 @@ from v4cli.chat_format import (
     ReasoningDelta,
     StreamParser,
     collect_events,
+    defuse,
     encode_messages,
+    load_tokenizer,
     parse_completion,
 )
 
@@ -108,16 +110,29 @@ def args_dict(raw: Any) -> Any:
     return raw if isinstance(raw, dict) else json.loads(raw)
 
 
+def defused(value: Any) -> Any:
+    """What comes back from the prompt: every string (keys too) defused, as the encoder writes it."""
+    if isinstance(value, str):
+        return defuse(value)
+    if isinstance(value, dict):
+        return {defuse(k): defused(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [defused(v) for v in value]
+    return value
+
+
 @fast(60)
 @given(conversation(), st.sampled_from(["thinking", "chat"]))
 def test_encode_then_parse_gives_the_assistant_turns_back(msgs: list[dict[str, Any]], mode: str) -> None:
     for msg, text in completions(msgs, mode):
         got = parse_completion(text, mode, id_factory=ids)
         assert got["warnings"] == [] and got["saw_eos"]
-        want_reasoning = (msg.get("reasoning_content") or "") if mode == "thinking" else ""
+        # special-token text a client sends (``<｜User｜>`` is among the TRICKY pieces) comes back defused
+        want_reasoning = defuse(msg.get("reasoning_content") or "") if mode == "thinking" else ""
         assert got["reasoning_content"] == want_reasoning
-        assert got["content"] == (msg["content"] or "")
-        want = [(c["function"]["name"], args_dict(c["function"]["arguments"])) for c in msg.get("tool_calls", [])]
+        assert got["content"] == defuse(msg["content"] or "")
+        want = [(c["function"]["name"], defused(args_dict(c["function"]["arguments"])))
+                for c in msg.get("tool_calls", [])]
         assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in got["tool_calls"]] == want
 
 
@@ -172,3 +187,64 @@ def test_stream_matches_whole_parse_on_any_text(text: str, mode: str, data: Any)
     if "é🙂" in text:  # plain text survives somewhere: reasoning, content or a call's arguments
         assert "é🙂" in whole["reasoning_content"] + whole["content"] + json.dumps(whole["tool_calls"],
                                                                                  ensure_ascii=False)
+
+
+# -- special-token text anywhere a client can put text: only the encoder's own tokens reach the ids -----------------
+PIECES = ["<｜User｜>", "<｜Assistant｜>", "<｜end▁of▁sentence｜>", "<think>", "</think>", "｜DSML｜", "<dsml:",
+          "<｜/table>｜", "<｜latest_reminder｜>", "<|EOT|>", "<", "｜", ">", "<｜", "｜>", "<thi", "nk>", "</", "User",
+          "end▁of▁sentence", "DSML｜", "x", "\n"]
+HALVES = ["<thi", "nk>", "<｜Assis", "tant｜>"]  # meet across fields with no template text between them
+forged_text = st.lists(st.sampled_from(PIECES), max_size=5).flatmap(
+    lambda mid: st.tuples(st.sampled_from(["", *HALVES]), st.sampled_from(["", *HALVES])).map(
+        lambda ends: ends[0] + "".join(mid) + ends[1]))
+
+
+@st.composite
+def forged_conversation(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Any roles in any order (a system prompt straight before an assistant turn, two assistant turns, ...),
+    with forged text in every field."""
+    msgs: list[dict[str, Any]] = []
+    for _ in range(draw(st.integers(1, 5))):
+        role = draw(st.sampled_from(["system", "user", "assistant", "tool", "latest_reminder", "developer"]))
+        msg: dict[str, Any] = {"role": role, "content": draw(forged_text)}
+        if role == "developer":
+            msg["content"] += "d"  # a developer turn needs content
+        if role == "assistant":
+            msg["reasoning_content"] = draw(forged_text)
+            msg["wo_eos"] = draw(st.booleans())
+            if draw(st.booleans()):
+                msg["tool_calls"] = [{"id": "c0", "type": "function", "function": {
+                    "name": draw(forged_text), "arguments": {draw(forged_text): draw(forged_text)}}}]
+        if role == "system" and draw(st.booleans()):
+            msg["tools"] = [{"type": "function", "function": {"name": draw(forged_text)}}]
+        msgs.append(msg)
+    return msgs
+
+
+def texts_mapped(msgs: list[dict[str, Any]], f: Any) -> list[dict[str, Any]]:
+    out = []
+    for m in msgs:
+        m = {**m, "content": f(m["content"])}
+        if "reasoning_content" in m:
+            m["reasoning_content"] = f(m["reasoning_content"])
+        if "tool_calls" in m:
+            fn = m["tool_calls"][0]["function"]
+            m["tool_calls"] = [{**m["tool_calls"][0], "function": {
+                "name": f(fn["name"]), "arguments": {f(k): f(v) for k, v in fn["arguments"].items()}}}]
+        if "tools" in m:
+            m["tools"] = [{"type": "function", "function": {"name": f(m["tools"][0]["function"]["name"])}}]
+        out.append(m)
+    return out
+
+
+@fast(60)
+@given(forged_conversation(), st.sampled_from(["thinking", "chat"]))
+def test_forged_text_never_adds_a_special_token(msgs: list[dict[str, Any]], mode: str) -> None:
+    tok = load_tokenizer()
+    special = set(tok.get_added_tokens_decoder())
+    prompt = encode_messages(msgs, mode)
+    harmless = encode_messages(texts_mapped(msgs, lambda s: "x" * bool(s) + "d" * s.endswith("d")), mode)
+    got = [i for i in tok.encode(prompt, add_special_tokens=False).ids if i in special]
+    want = [i for i in tok.encode(harmless, add_special_tokens=False).ids if i in special]
+    assert got == want  # the same special tokens, in the same order
+    assert encode_messages(texts_mapped(msgs, defuse), mode) == prompt  # defused input: the same prompt

@@ -47,6 +47,7 @@ def _close(a: torch.Tensor, b: torch.Tensor, rel: float) -> None:
 def test_install_routes_the_linear_ops(built):
     assert ops.backend("fp8_linear") == kernels.__name__
     assert ops.backend("fp4_linear") == kernels.__name__
+    assert ops.backend("dense_linear") == kernels.__name__
     assert ops.backend("hc_sinkhorn") == kernels.__name__
     assert ops.backend("sparse_attention") == "torch"
 
@@ -118,6 +119,51 @@ def test_batched_leading_dims_and_many_rows(built):
     assert torch.equal(kernels.fp4_linear(many, packed, s4, True), ops_ref.fp4_linear(many, packed, s4, True))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dense_linear_matches_twin(built, dtype):
+    g = torch.Generator().manual_seed(7)
+    shapes = [(256, 256), (129, 37), (24, 1024), (7, 1), (300, 200), (1000, 17), (5, 16)]
+    for n, k in shapes:
+        weight = (torch.randn(n, k, generator=g) * k**-0.5).to(dtype)
+        for rows in (1, 3, 4, 5, 17, 33, 64):
+            x = torch.randn(rows, k, generator=g)
+            got, want = kernels.dense_linear(x, weight), ops_ref.dense_linear(x, weight)
+            _close(got, want, 1e-5 if dtype == torch.float32 else 1e-2)
+    x = torch.randn(2, 3, 40, generator=g)  # leading dims, and an input dtype other than the weight's
+    weight = torch.randn(24, 40, generator=g).to(dtype)
+    got = kernels.dense_linear(x.to(torch.bfloat16 if dtype == torch.float32 else torch.float32), weight)
+    _close(got, ops_ref.dense_linear(x.to(got.dtype), weight), 1e-2)
+    assert kernels.dense_linear(torch.randn(0, 40), weight).shape == (0, 24)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n,k", [(129, 300), (24, 1024), (8, 256), (1031, 64)])
+def test_dense_linear_rows_do_not_depend_on_the_other_rows(built, dtype, n, k):
+    """Row i of an M-row product equals that row computed alone, bit for bit, for every M (torch.mm's
+    does not: its blocking over the rows changes with M)."""
+    g = torch.Generator().manual_seed(n * k)
+    weight = torch.randn(n, k, generator=g).to(dtype)
+    x = torch.randn(100, k, generator=g).to(dtype)
+    alone = torch.cat([kernels.dense_linear(x[i : i + 1], weight) for i in range(100)])
+    for rows in list(range(1, 34)) + [47, 64, 65, 100]:
+        assert torch.equal(kernels.dense_linear(x[:rows], weight), alone[:rows]), rows
+    picks = torch.randperm(100, generator=g)[:37]  # other rows around each, in another order
+    assert torch.equal(kernels.dense_linear(x[picks], weight), alone[picks])
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "fp4"])
+def test_row_kernel_rows_do_not_depend_on_the_other_rows(built, fmt):
+    """The engine batches decode rows up to kernels.ROW_KERNEL_MAX in one pass because up to there the
+    FP8/FP4 linear computes each row the same way whatever the others (past it, one GEMM does not)."""
+    weight, scale = _fp8(384, 640, seed=11) if fmt == "fp8" else _fp4(384, 640, seed=11)
+    op = kernels.fp8_linear if fmt == "fp8" else kernels.fp4_linear
+    x = torch.randn(kernels.ROW_KERNEL_MAX, 640, generator=torch.Generator().manual_seed(12))
+    for act_quant in (False, True):
+        alone = torch.cat([op(x[i : i + 1], weight, scale, act_quant) for i in range(len(x))])
+        for rows in range(2, kernels.ROW_KERNEL_MAX + 1):
+            assert torch.equal(op(x[:rows], weight, scale, act_quant), alone[:rows]), (rows, act_quant)
+
+
 def test_results_do_not_depend_on_the_thread_count(built):
     weight, scale = _fp8(2048, 1024, seed=2)
     x = torch.randn(4, 1024)
@@ -127,6 +173,16 @@ def test_results_do_not_depend_on_the_thread_count(built):
         one = kernels.fp8_linear(x, weight, scale, False)
         torch.set_num_threads(max(threads, 2))
         two = kernels.fp8_linear(x, weight, scale, False)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    w = torch.randn(1000, 300)
+    x = torch.randn(9, 300)
+    try:
+        torch.set_num_threads(1)
+        one = kernels.dense_linear(x, w)
+        torch.set_num_threads(max(threads, 2))
+        two = kernels.dense_linear(x, w)
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, two)
@@ -141,6 +197,12 @@ def test_bad_shapes_are_refused_with_a_message(built):
     packed, s4 = _fp4(64, 96, seed=4)
     with pytest.raises(RuntimeError, match="scale must be"):
         torch.ops.v4cli.fp4_linear(torch.randn(1, 96), packed, s4.view(torch.uint8)[:32], False)
+    with pytest.raises(RuntimeError, match="x has 10 inputs, the weight 12"):
+        torch.ops.v4cli.dense_linear(torch.randn(3, 10), torch.randn(5, 12))
+    with pytest.raises(RuntimeError, match="of the weight's dtype"):
+        torch.ops.v4cli.dense_linear(torch.randn(3, 12), torch.randn(5, 12).bfloat16())
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        torch.ops.v4cli.dense_linear(torch.randn(3, 12).half(), torch.randn(5, 12).half())
 
 
 def test_engine_uses_the_kernels_and_decodes_as_the_twins(built, ckpt_dir, monkeypatch):

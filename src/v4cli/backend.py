@@ -7,166 +7,61 @@ answer: the local engine aborts the request, the remote connection is closed.
 
 from __future__ import annotations
 
+import hashlib
 import os
-import queue
-import threading
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from . import chat_format, settings
+from .answer import Answer
+from .events import Backend, BackendEvent, Message, Notice, Options
+from .request import Request
 
-Message = Mapping[str, Any]
 TINY_NOTICE = "model tiny: random weights, its output is noise (it exercises every code path, nothing more)"
 
 
-# ---- events ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Reasoning:
-    text: str
-
-
-@dataclass(frozen=True)
-class Content:
-    text: str
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """A complete call: `arguments` is a JSON object text."""
-
-    index: int
-    id: str
-    name: str
-    arguments: str
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Prompt tokens read so far (prefill), of `total`."""
-
-    done: int
-    total: int
-
-
-@dataclass(frozen=True)
-class Notice:
-    """A one-line remark about the backend (e.g. the tiny model's output is noise)."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class Stats:
-    """The last event of an answer."""
-
-    prompt_tokens: int
-    cached_tokens: int
-    completion_tokens: int
-    prefill_s: float
-    decode_s: float
-    finish_reason: str
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.completion_tokens / self.decode_s if self.decode_s > 0 else 0.0
-
-
-BackendEvent = Reasoning | Content | ToolCall | Progress | Notice | Stats
-
-
-@dataclass
-class Reply:
-    """An answer folded from its events: what the chat history and `--json` output keep."""
-
-    content: str = ""
-    reasoning: str = ""
-    tool_calls: list[ToolCall] = field(default_factory=list)
-    stats: Stats | None = None
-
-    def add(self, ev: BackendEvent) -> None:
-        if isinstance(ev, Content):
-            self.content += ev.text
-        elif isinstance(ev, Reasoning):
-            self.reasoning += ev.text
-        elif isinstance(ev, ToolCall):
-            self.tool_calls.append(ev)
-        elif isinstance(ev, Stats):
-            self.stats = ev
-
-    def message(self) -> dict[str, Any]:
-        """The OpenAI-style assistant message (reasoning kept as `reasoning_content`)."""
-        msg: dict[str, Any] = {"role": "assistant", "content": self.content, "reasoning_content": self.reasoning}
-        if self.tool_calls:
-            msg["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name,
-                                  "arguments": c.arguments}} for c in self.tool_calls]
-        return msg
-
-
-class BackendError(Exception):
-    """Something the user can fix (wrong URL, bad key, server refusal); the message says what."""
-
-
-@dataclass
-class Options:
-    """Sampling knobs the REPL's /set changes; None leaves the backend's default."""
-
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int = 2048
-    seed: int | None = None
-
-
-class Backend(Protocol):
-    model: str
-
-    def chat(self, messages: Sequence[Message], *, thinking: bool = True, effort: str | None = None,
-             options: Options | None = None, prompt_ids: list[int] | None = None,
-             cache_prefix: int | None = None) -> Iterator[BackendEvent]: ...
-
-    def close(self) -> None: ...
-
-
-# ---- local -------------------------------------------------------------------------------------------------
-class _Stop(Exception):
-    """Raised inside the engine's progress callback to abandon a prefill the user interrupted."""
-
-
 class LocalBackend:
-    """An Engine in this process, loaded on first use. The engine runs on a worker thread so prefill
-    progress arrives as events and Ctrl-C on the main thread is seen at once."""
+    """An Engine in this process, loaded on first use and driven by one `EngineLoop` thread, so prefill
+    progress arrives as events and Ctrl-C on the main thread is seen at once. The server shares one
+    LocalBackend among all its requests (`submit`); the REPL and `ask` use `chat`."""
 
     def __init__(self, model: str = "tiny", *, context: int = 32768, chunk_size: int = 512,
-                 device: str = "cpu", prefix_cache: bool = True) -> None:
+                 device: str = "cpu", prefix_cache: bool = True, max_batch: int = 1,
+                 max_queue: int | None = None) -> None:
         self.model, self.context, self.chunk_size, self.device = model, context, chunk_size, device
-        self.prefix_cache = prefix_cache
+        self.prefix_cache, self.max_batch, self.max_queue = prefix_cache, max_batch, max_queue
         self.engine: Any = None
+        self.loop: Any = None
         self.memory_plan: str | None = None
         self._tokenizer: Any = None
         self._told = False
-        self._worker: threading.Thread | None = None
 
     @property
     def is_tiny(self) -> bool:
         return self.model == "tiny"
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer or chat_format.load_tokenizer()
 
     def load(self) -> None:
         if self.engine is not None:
             return
         from . import hub
         from .runtime import Engine
+        from .runtime.loop import EngineLoop
 
         path = hub.resolve(self.model).path
-        kwargs: dict[str, Any] = dict(device=self.device, max_context=self.context, max_batch=1,
+        kwargs: dict[str, Any] = dict(device=self.device, max_context=self.context, max_batch=self.max_batch,
                                       chunk_size=self.chunk_size)
         if self.prefix_cache:
             kwargs["prefix_cache_dir"] = settings.home() / "cache" / "prefix"
         self.engine = Engine.from_pretrained(path, **kwargs)
         self.memory_plan = self.engine.memory_plan
         self._tokenizer = self.engine.tokenizer or chat_format.load_tokenizer()
+        self.loop = EngineLoop(self.engine, self.max_queue)
 
-    def _load_notices(self) -> Iterator[BackendEvent]:
+    def load_notices(self) -> Iterator[BackendEvent]:
         """Say what takes time before loading, and after it whether the twins run instead of the kernels."""
         from .runtime import kernels
 
@@ -178,110 +73,95 @@ class LocalBackend:
         if self.device == "cpu" and kernels.enabled() and self.engine.kernels.startswith(kernels.REFERENCE):
             yield Notice(f"running on {self.engine.kernels}: decoding is slower")
 
-    def encode(self, messages: Sequence[Message], thinking: bool, effort: str | None) -> list[int]:
-        prompt = chat_format.encode_messages(messages, "thinking" if thinking else "chat", reasoning_effort=effort)
-        return chat_format.encode_prompt_ids(prompt, self._tokenizer or chat_format.load_tokenizer())
+    # ---- requests ----------------------------------------------------------------------------------------
+    def prompt_ids(self, req: Request) -> list[int]:
+        """The request's prompt as token ids (chat format, raw text or FIM, or as given)."""
+        if req.prompt_ids is not None:
+            return list(req.prompt_ids)
+        if req.text is not None:
+            return chat_format.encode_completion(req.text, req.suffix, self.tokenizer)
+        messages = list(req.messages)
+        if req.prefix:  # the answer continues the last assistant message: no EOS after it
+            messages[-1] = {**messages[-1], "wo_eos": True}
+        prompt = chat_format.encode_messages(messages, "thinking" if req.thinking else "chat",
+                                             reasoning_effort=req.effort, tools=req.tools or None)
+        return chat_format.encode_prompt_ids(prompt, self.tokenizer)
+
+    def params(self, req: Request) -> Any:
+        from .constraints import processors
+        from .runtime import SamplingParams
+
+        mode = req.parse_mode
+        return SamplingParams(max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
+                              seed=req.seed, stop=list(req.stop), logprobs=req.logprobs,
+                              stop_token_ids=chat_format.stop_token_ids(mode),
+                              logits_processors=processors(req, self.tokenizer))
+
+    def submit(self, req: Request, aloop: Any = None, ids: list[int] | None = None) -> Answer:
+        """Start a request on the engine loop (`ids`: its prompt_ids() when already computed); raises at
+        once what the engine would refuse (ValueError, ContextLimitError, MemoryPlanError) and QueueFull
+        when the queue is at its limit. `aloop`: deliver to that asyncio loop's consumer."""
+        self.load()
+        ids = self.prompt_ids(req) if ids is None else ids
+        chat = req.prompt_ids is None and req.text is None
+        # Prefix-cache units (DeepSeek's rule: at request boundaries). A chat grows: the next turn's prompt
+        # repeats this one up to its last token (`<think>` here becomes `</think>answer` there); agents
+        # resend the same system prompt and tools with new questions.
+        points = [req.cache_prefix] if req.cache_prefix else []
+        if chat:
+            points += [len(ids) - 1, self._system_tokens(req)]
+        points += interval_points(len(ids))
+        salt = hashlib.sha256(req.user.encode()).hexdigest()[:16] if req.user else ""
+        handle = self.loop.submit(ids, self.params(req), cache_prefix=[p for p in points if p > 0], cache_salt=salt,
+                                  keep_output=chat, aloop=aloop)
+        return Answer(handle, req.parse_mode, self.tokenizer, logprobs=req.logprobs is not None,
+                      raw=req.text is not None)
+
+    def _system_tokens(self, req: Request) -> int:
+        """Tokens of the prompt's leading system part (system messages and tools), 0 if there is none."""
+        n = next((i for i, m in enumerate(req.messages) if m.get("role") != "system"), len(req.messages))
+        if n == 0 and not req.tools:
+            return 0
+        head = chat_format.encode_messages(req.messages[:n], "thinking" if req.thinking else "chat",
+                                           reasoning_effort=req.effort, tools=req.tools or None)
+        return len(chat_format.encode_prompt_ids(head, self.tokenizer))
+
+    def cancel(self, answer: Answer) -> None:
+        if self.loop is not None:
+            self.loop.cancel(answer.handle)
 
     def chat(self, messages: Sequence[Message], *, thinking: bool = True, effort: str | None = None,
              options: Options | None = None, prompt_ids: list[int] | None = None,
              cache_prefix: int | None = None) -> Iterator[BackendEvent]:
-        from .runtime import SamplingParams
-
         if self.is_tiny and not self._told:  # once per session: enough to know, not enough to nag
             self._told = True
             yield Notice(TINY_NOTICE)
         if self.engine is None:
-            yield from self._load_notices()
-        mode = "thinking" if thinking else "chat"
-        ids = prompt_ids if prompt_ids is not None else self.encode(messages, thinking, effort)
+            yield from self.load_notices()
         opts = options or Options()
-        params = SamplingParams(max_tokens=opts.max_tokens, temperature=1.0 if opts.temperature is None
-                                else opts.temperature, top_p=1.0 if opts.top_p is None else opts.top_p,
-                                seed=opts.seed, stop_token_ids=chat_format.stop_token_ids(mode))
-        if cache_prefix is None:
-            # A chat grows: the next turn's prompt repeats this one up to its last token (`<think>` here
-            # becomes `</think>answer` there), so snapshot everything before it.
-            cache_prefix = len(ids) - 1
-        yield from self._run(ids, params, mode, cache_prefix)
-
-    def _run(self, ids: list[int], params: Any, mode: str, cache_prefix: int) -> Iterator[BackendEvent]:
-        if self._worker is not None:  # a second Ctrl-C may have left the last one finishing its step
-            self._worker.join()
-        engine, q, stop = self.engine, queue.Queue(), threading.Event()
-
-        def progress(done: int, total: int) -> None:
-            if stop.is_set():
-                raise _Stop
-            q.put(Progress(done, total))
-
-        def work() -> None:
-            gen = engine.stream(ids, params, progress=progress, cache_prefix=cache_prefix if cache_prefix > 0 else None)
-            try:
-                for ev in gen:
-                    q.put(ev)
-                    if stop.is_set():
-                        break
-            except _Stop:
-                pass
-            except BaseException as e:  # handed to the consumer, which raises it in its own thread
-                q.put(e)
-            finally:
-                gen.close()  # aborts the request when it did not finish
-                q.put(None)
-
-        worker = self._worker = threading.Thread(target=work, name="v4-engine", daemon=True)
-        parser, pending = chat_format.StreamParser(mode), {}
-        t0 = time.perf_counter()
-        first: float | None = None
-        completion, cached, reason = 0, 0, "abort"
-        worker.start()
+        req = Request(messages=list(messages), thinking=thinking, effort=effort, prompt_ids=prompt_ids,
+                      cache_prefix=cache_prefix if cache_prefix and cache_prefix > 0 else None,
+                      max_tokens=opts.max_tokens, temperature=1.0 if opts.temperature is None else opts.temperature,
+                      top_p=1.0 if opts.top_p is None else opts.top_p, seed=opts.seed)
+        answer = self.submit(req)
         try:
-            while True:
-                item = q.get()
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                if isinstance(item, Progress):
-                    yield item
-                    continue
-                if first is None:
-                    first = time.perf_counter()
-                cached = max(cached, item.cached_tokens)
-                if item.token_id >= 0:
-                    completion += 1
-                yield from _translate(parser.feed(item.text), pending)
-                if item.finish_reason is not None:
-                    reason = item.finish_reason
-            yield from _translate(parser.finish(), pending)
-            end = time.perf_counter()
-            first = first or end
-            yield Stats(len(ids), cached, completion, first - t0, end - first, reason)
+            for item in answer.handle:
+                yield from answer.feed(item)
+            yield from answer.finish()
         finally:
-            stop.set()
-            worker.join()
+            self.cancel(answer)  # closed early (Ctrl-C): the loop aborts it before its next step
 
     def close(self) -> None:
-        self.engine = None
+        if self.loop is not None:
+            self.loop.close()
+        self.engine = self.loop = None
 
 
-def _translate(events: Sequence[Any], pending: dict[int, list[str]]) -> Iterator[BackendEvent]:
-    """StreamParser events -> backend events; a tool call is reported once complete (`pending` holds the
-    calls still open, across feeds of one answer)."""
-    from .dsml import ContentDelta, ReasoningDelta, ToolCallDelta, ToolCallEnd, ToolCallStart
-
-    for ev in events:
-        if isinstance(ev, ReasoningDelta) and ev.text:
-            yield Reasoning(ev.text)
-        elif isinstance(ev, ContentDelta) and ev.text:
-            yield Content(ev.text)
-        elif isinstance(ev, ToolCallStart):
-            pending[ev.index] = [ev.id, ev.name, ""]
-        elif isinstance(ev, ToolCallDelta) and ev.index in pending:
-            pending[ev.index][2] += ev.arguments
-        elif isinstance(ev, ToolCallEnd) and ev.index in pending:
-            cid, name, args = pending.pop(ev.index)
-            yield ToolCall(ev.index, cid, name, args or "{}")
+def interval_points(n: int, step: int = 4096, far: int = 32768) -> list[int]:
+    """DeepSeek's third kind of cache unit: fixed intervals inside long prompts, so the same long document
+    with a new question after it still hits most of the document. Every 4K tokens up to 32K, then every 32K
+    (a snapshot holds the whole state so far: a 1M-token prompt keeps 38 of them, not 255)."""
+    return [p for p in range(step, n, step) if p <= far or p % far == 0]
 
 
 def make_backend(model: str | None, url: str | None = None, api_key: str | None = None, *,

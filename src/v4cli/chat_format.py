@@ -28,6 +28,20 @@ Deliberate deviations (none changes the official examples): ``None`` contents re
 turn is kept (the official merge loses it); empty tool-call arguments (``""``/``None``) mean ``{}``,
 and non-object ones are wrapped as ``{"arguments": ...}`` like unparseable ones.
 
+User text never becomes a control token. Every piece of text that comes from a message or a tool
+definition (contents of every role, ``reasoning_content`` sent back, tool schemas, tool-call names,
+argument keys and values, ``response_format``) goes through `defuse`: each added-token text of the V4
+tokenizer in it (``<｜User｜>``, ``</think>``, ``<｜end▁of▁sentence｜>``, ``｜DSML｜``...) gets a zero-width
+space (U+200B) after its first character. It reads the same to a person and the model sees it as the
+plain characters, never as the token; so whatever a client sends, the only special tokens in the prompt
+are the ones this encoder writes. Pieces of user text that meet with no template text between them
+(a system prompt followed directly by an assistant turn, say) are defused together, so a token cannot be
+split across two fields; template text next to user text starts with ``<``, a newline or ``"`` and ends
+with a whole token, a newline or ``"``, which no V4 token can straddle (tests/test_chat_format.py checks
+the token shapes this relies on). `defuse` is idempotent, so encoding messages that were already defused
+(by the REPL, by ``v4 ask``) gives the same prompt. The official examples contain no special-token text
+in their messages, so they are unchanged.
+
 Assistant messages may carry ``reasoning_content`` (or ``reasoning``) and ``wo_eos`` (no EOS: a
 partial answer the model continues). Parsing the model's output is `parse_completion` / `StreamParser`
 (the rules for malformed output are in `v4cli.dsml`).
@@ -38,6 +52,7 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -66,7 +81,7 @@ __all__ = [
     "USER", "USER_ID", "ContentDelta", "Done", "Event", "ReasoningDelta", "StreamParser", "ToolCallDelta",
     "ToolCallEnd", "ToolCallStart", "collect_events", "parse_completion", "encode_messages",
     "render_tools", "render_tool_calls", "stop_token_ids", "load_tokenizer", "check_special_tokens",
-    "encode_prompt_ids", "REASONING_EFFORT_MAX",
+    "encode_prompt_ids", "REASONING_EFFORT_MAX", "ZWSP", "defuse",
 ]
 
 PAD = "<｜▁pad▁｜>"
@@ -130,6 +145,87 @@ _RESPONSE_FORMAT_HEAD = "## Response Format:\n\nYou MUST strictly adhere to the 
 
 Message = Mapping[str, Any]
 
+ZWSP = "\u200b"  # what `defuse` puts after the first character of a special-token text
+_FIRST_CHARS = "<｜"  # every V4 added token starts with one of these (a test checks): text without both is safe
+
+
+def _trie_regex(words: Iterable[str]) -> re.Pattern[str]:
+    """One regex matching any of ``words``, longest first, as a trie: a position fails after a char or two
+    (an alternation of the ~1300 added tokens tries each in turn: ~70x slower on HTML)."""
+    trie: dict[str, Any] = {}
+    for word in words:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}  # a word ends here
+
+    def emit(node: dict[str, Any]) -> str:
+        alts = [re.escape(ch) + emit(child) for ch, child in sorted(node.items()) if ch]
+        if not alts:
+            return ""
+        group = alts[0] if len(alts) == 1 and "" not in node else f"(?:{'|'.join(alts)})"
+        return group + "?" * ("" in node)  # greedy: the longer word is tried first
+
+    return re.compile(emit(trie) or "(?!)")
+
+
+@functools.lru_cache(maxsize=1)
+def _v4_pattern() -> re.Pattern[str]:
+    return _added_tokens_pattern(load_tokenizer())
+
+
+_PATTERNS: dict[int, tuple[Any, re.Pattern[str]]] = {}  # id(tokenizer) -> (tokenizer, pattern)
+
+
+def _added_tokens_pattern(tokenizer: Tokenizer) -> re.Pattern[str]:
+    hit = _PATTERNS.get(id(tokenizer))
+    if hit is None or hit[0] is not tokenizer:
+        if len(_PATTERNS) >= 4:
+            _PATTERNS.clear()
+        texts = {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.content}
+        hit = _PATTERNS[id(tokenizer)] = (tokenizer, _trie_regex(texts))
+    return hit[1]
+
+
+def defuse(text: str, tokenizer: Tokenizer | None = None) -> str:
+    """``text`` with every added-token text of the tokenizer (default: V4's, loaded on first need) broken
+    by a zero-width space after its first character, so it tokenizes as plain text and reads the same.
+
+    Idempotent. Each defused piece adds exactly one character: ``len(defuse(t)) - len(t)`` counts them.
+    Repeats until nothing matches: breaking ``<｜/table>｜`` can uncover a ``｜DSML｜`` that overlapped it.
+    """
+    if tokenizer is None:
+        if not any(c in text for c in _FIRST_CHARS):
+            return text  # the common case, without loading the tokenizer
+        pattern = _v4_pattern()
+    else:
+        pattern = _added_tokens_pattern(tokenizer)
+    while True:
+        text, n = pattern.subn(lambda m: m[0][0] + ZWSP + m[0][1:], text)
+        if not n:
+            return text
+
+
+class _User(str):
+    """A piece of prompt text that came from a message or a tool definition: defused when joined."""
+
+
+def _join_parts(parts: Iterable[str]) -> str:
+    """Join template text as it is and each run of adjacent `_User` pieces defused together."""
+    out: list[str] = []
+    run: list[str] = []
+    for part in parts:
+        if isinstance(part, _User) or not part:  # "" is no template text between two user pieces
+            run.append(part)
+            continue
+        if run:
+            out.append(defuse("".join(run)))
+            run = []
+        out.append(part)
+    if run:
+        out.append(defuse("".join(run)))
+    return "".join(out)
+
 
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
@@ -154,8 +250,9 @@ def _text(content: Any) -> str:
 
 
 def render_tools(tools: Sequence[Mapping[str, Any]]) -> str:
-    """The ``## Tools`` section for OpenAI-style tools (``{"type": "function", "function": {...}}``)."""
-    schemas = "\n".join(_json(tool.get("function", tool)) for tool in tools)
+    """The ``## Tools`` section for OpenAI-style tools (``{"type": "function", "function": {...}}``); the
+    schemas are defused."""
+    schemas = "\n".join(defuse(_json(tool.get("function", tool))) for tool in tools)
     return _TOOLS_HEAD + schemas + _TOOLS_TAIL
 
 
@@ -173,16 +270,17 @@ def _arguments(raw: Any) -> dict[str, Any]:
 
 
 def render_tool_calls(tool_calls: Sequence[Mapping[str, Any]]) -> str:
-    """The DSML block for OpenAI-style tool calls (``function.arguments`` a JSON string or a dict)."""
+    """The DSML block for OpenAI-style tool calls (``function.arguments`` a JSON string or a dict); names,
+    keys and values are defused."""
     invokes = []
     for call in tool_calls:
         fn = call.get("function", call)
         params = "\n".join(
-            f'<{DSML}parameter name="{key}" string="{"true" if isinstance(value, str) else "false"}">'
-            f"{value if isinstance(value, str) else _json(value)}</{DSML}parameter>"
+            f'<{DSML}parameter name="{defuse(str(key))}" string="{"true" if isinstance(value, str) else "false"}">'
+            f"{defuse(value if isinstance(value, str) else _json(value))}</{DSML}parameter>"
             for key, value in _arguments(fn.get("arguments", "{}")).items()
         )
-        invokes.append(f'<{DSML}invoke name="{fn.get("name", "")}">\n{params}\n</{DSML}invoke>')
+        invokes.append(f'<{DSML}invoke name="{defuse(str(fn.get("name", "")))}">\n{params}\n</{DSML}invoke>')
     body = "\n".join(invokes)
     return f"<{DSML}tool_calls>\n{body}\n</{DSML}tool_calls>"
 
@@ -237,38 +335,40 @@ def _last_user_index(messages: Sequence[Message]) -> int:
     return -1
 
 
-def _render(i: int, msgs: list[dict[str, Any]], thinking: bool, drop: bool, effort: str | None) -> str:
+def _render(i: int, msgs: list[dict[str, Any]], thinking: bool, drop: bool, effort: str | None) -> list[str]:
+    """Message ``i`` as template text and `_User` pieces (see `_join_parts`)."""
     msg, role = msgs[i], msgs[i].get("role")
     last_user = _last_user_index(msgs)
-    out = REASONING_EFFORT_MAX if i == 0 and thinking and effort == "max" else ""
+    out: list[str] = [REASONING_EFFORT_MAX if i == 0 and thinking and effort == "max" else ""]
     if role in ("system", "developer"):
         content = _text(msg.get("content"))
         if role == "developer":
             if not content:
                 raise ValueError(f"developer message needs content: {msg!r}")
-            out += USER
-        out += content
+            out.append(USER)
+        out.append(_User(content))
         if msg.get("tools"):
-            out += "\n\n" + render_tools(msg["tools"])
+            out.append("\n\n" + render_tools(msg["tools"]))
         if msg.get("response_format"):
-            out += "\n\n" + _RESPONSE_FORMAT_HEAD + _json(msg["response_format"])
+            out += ["\n\n" + _RESPONSE_FORMAT_HEAD, _User(_json(msg["response_format"]))]
     elif role == "user":
         blocks = msg.get("_blocks") or [("text", _text(msg.get("content")), "")]
-        out += USER + "\n\n".join(
-            f"<tool_result>{text}</tool_result>" if kind == "tool" else text for kind, text, _ in blocks
-        )
+        out.append(USER)
+        for n, (kind, text, _) in enumerate(blocks):
+            out += ["\n\n"] * (n > 0)
+            out += ["<tool_result>", _User(text), "</tool_result>"] if kind == "tool" else [_User(text)]
     elif role == "latest_reminder":
-        out += LATEST_REMINDER + _text(msg.get("content"))
+        out += [LATEST_REMINDER, _User(_text(msg.get("content")))]
     elif role == "assistant":
         reasoning = msg.get("reasoning_content", msg.get("reasoning"))
         answers_task = i > 0 and msgs[i - 1].get("task") is not None
         if thinking and not answers_task and (not drop or i > last_user):
-            out += _text(reasoning) + THINK_END
-        out += _text(msg.get("content"))
+            out += [_User(_text(reasoning)), THINK_END]
+        out.append(_User(_text(msg.get("content"))))
         if msg.get("tool_calls"):
-            out += "\n\n" + render_tool_calls(msg["tool_calls"])
+            out.append("\n\n" + render_tool_calls(msg["tool_calls"]))
         if not msg.get("wo_eos"):  # wo_eos: an unfinished assistant turn the model continues
-            out += EOS
+            out.append(EOS)
     else:
         raise ValueError(f"unknown role {role!r}")
 
@@ -279,10 +379,10 @@ def _render(i: int, msgs: list[dict[str, Any]], thinking: bool, drop: bool, effo
         if task not in TASK_TOKENS:
             raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_TOKENS)}")
         if task == "action":
-            out += ASSISTANT + (THINK_START if thinking else THINK_END)
-        out += TASK_TOKENS[task]
+            out.append(ASSISTANT + (THINK_START if thinking else THINK_END))
+        out.append(TASK_TOKENS[task])
     elif role in ("user", "developer"):
-        out += ASSISTANT + (THINK_START if thinking and (not drop or i >= last_user) else THINK_END)
+        out.append(ASSISTANT + (THINK_START if thinking and (not drop or i >= last_user) else THINK_END))
     return out
 
 
@@ -302,6 +402,8 @@ def encode_messages(
     BOS, but the context still decides reasoning dropping and tool-result order.
     ``tools``: a convenience for the OpenAI top-level ``tools``; they are put on the first system
     message (of the context when given), or on a new empty system message in front.
+    All text from the messages and tools is defused (see the module docstring): the prompt's special
+    tokens are only the ones the format writes.
     """
     if thinking_mode not in THINKING_MODES:
         raise ValueError(f"thinking_mode must be one of {THINKING_MODES}, not {thinking_mode!r}")
@@ -331,34 +433,22 @@ def encode_messages(
                 continue
             kept.append(msg)
         full = kept
-    prompt = BOS if add_bos and not ctx else ""
-    return prompt + "".join(_render(i, full, thinking, drop, reasoning_effort) for i in range(start, len(full)))
+    parts = [BOS if add_bos and not ctx else ""]
+    for i in range(start, len(full)):
+        parts += _render(i, full, thinking, drop, reasoning_effort)
+    return _join_parts(parts)
 
 
 def collect_events(events: Iterable[Event]) -> dict[str, Any]:
-    """Fold events into an OpenAI-style assistant message plus ``warnings`` and ``saw_eos``."""
-    reasoning: list[str] = []
-    content: list[str] = []
-    calls: dict[int, dict[str, Any]] = {}
-    result: dict[str, Any] = {"warnings": [], "saw_eos": False}
-    for ev in events:
-        if isinstance(ev, ReasoningDelta):
-            reasoning.append(ev.text)
-        elif isinstance(ev, ContentDelta):
-            content.append(ev.text)
-        elif isinstance(ev, ToolCallStart):
-            calls[ev.index] = {"id": ev.id, "type": "function", "function": {"name": ev.name, "arguments": ""}}
-        elif isinstance(ev, ToolCallDelta):
-            calls[ev.index]["function"]["arguments"] += ev.arguments
-        elif isinstance(ev, Done):
-            result["warnings"], result["saw_eos"] = list(ev.warnings), ev.saw_eos
-    return {
-        "role": "assistant",
-        "reasoning_content": "".join(reasoning),
-        "content": "".join(content),
-        "tool_calls": [calls[i] for i in sorted(calls)],
-        **result,
-    }
+    """Fold events into an OpenAI-style assistant message plus ``warnings`` and ``saw_eos`` (through
+    `events.Reply`, the one fold of an answer)."""
+    from v4cli.events import Reply, tool_call_dict
+
+    reply = Reply()
+    reply.fold(list(events))
+    return {"role": "assistant", "reasoning_content": reply.reasoning, "content": reply.content,
+            "tool_calls": [tool_call_dict(c) for c in reply.tool_calls], "warnings": list(reply.warnings),
+            "saw_eos": reply.saw_eos}
 
 
 def parse_completion(
@@ -411,3 +501,16 @@ def encode_prompt_ids(prompt: str, tokenizer: Tokenizer | None = None) -> list[i
     if bad:
         raise ValueError("prompt does not tokenize as expected: " + "; ".join(bad))
     return ids
+
+
+FIM_BEGIN, FIM_HOLE, FIM_END = "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"
+
+
+def encode_completion(prompt: str, suffix: str | None = None, tokenizer: Tokenizer | None = None) -> list[int]:
+    """Ids of a raw completion prompt (no chat turns): BOS + prompt, or with a `suffix` the legacy
+    fill-in-the-middle layout BOS <｜fim▁begin｜>prompt<｜fim▁hole｜>suffix<｜fim▁end｜>, after which the
+    model writes the middle. Both texts are defused like any user text."""
+    tok = tokenizer or load_tokenizer()
+    text = BOS + (defuse(prompt, tok) if suffix is None else
+                  f"{FIM_BEGIN}{defuse(prompt, tok)}{FIM_HOLE}{defuse(suffix, tok)}{FIM_END}")
+    return encode_prompt_ids(text, tok)

@@ -19,8 +19,8 @@ import typer
 from . import __version__
 
 if TYPE_CHECKING:
-    from .backend import Backend
     from .console import Console
+    from .events import Backend
 
 app = typer.Typer(
     name="v4",
@@ -78,7 +78,7 @@ def _console(show_thinking: bool = False) -> Console:
 
 def _user_error(e: BaseException) -> bool:
     """Errors whose message is the whole story (no traceback): ours, the runtime's and the OS's."""
-    from .backend import BackendError
+    from .events import BackendError
     from .hub import HubError
 
     names = {c.__name__ for c in type(e).__mro__}
@@ -254,7 +254,7 @@ def chat(
       v4 chat --url https://api.deepseek.com --api-key $DEEPSEEK_API_KEY --model deepseek-v4-pro
     """
     from . import settings
-    from .backend import Options
+    from .events import Options
     from .remote import RemoteBackend
     from .repl import ChatState, Repl
 
@@ -325,7 +325,7 @@ def ask(
       git diff | v4 ask "write a commit message"
     """
     from . import chat_format, ingest
-    from .backend import Options
+    from .events import Options
 
     c = _console(show_thinking)
     with _handled(c):
@@ -351,7 +351,8 @@ def ask(
         if ing is not None and ing.dropped:
             c.warn(f"{len(ing.dropped)} file(s) left out to fit {context - max_tokens:,} tokens "
                    "(--dry-run lists them; raise --context to keep them)")
-        content = question if ing is None else _user_text(ing.prompt_text, mode)
+        # defused either way (ingest defuses its prompt): a remote server gets what the local encoder writes
+        content = chat_format.defuse(question) if ing is None else _user_text(ing.prompt_text, mode)
         backend = _backend(model, url, api_key, context)
         # local: the ingested ids as they are, with a snapshot after everything before the question
         events = backend.chat([{"role": "user", "content": content}], thinking=think, effort=effort,
@@ -362,7 +363,7 @@ def ask(
             if not as_json:
                 c.render(events)
                 return
-            out = _as_json(events, backend.model)
+            out = _as_json(events, backend)
             if ing is not None:
                 out["summary"] = ing.summary()
             c.json(out)
@@ -370,13 +371,76 @@ def ask(
             events.close()  # type: ignore[attr-defined]
 
 
-def _as_json(events: Iterable[Any], model: str) -> dict[str, Any]:
-    from .backend import Reply
+@app.command()
+def serve(
+    model: ModelOpt = None,
+    host: Annotated[str, _opt("--host", metavar="ADDR", help="Address to listen on (127.0.0.1: this machine "
+                              "only; 0.0.0.0: every interface — set --api-key then).")] = "127.0.0.1",
+    port: Annotated[int, _opt("--port", "-p", min=0, max=65535, metavar="PORT", help="TCP port.")] = 8000,
+    context: ContextOpt = 32768,
+    max_batch: Annotated[int, _opt("--max-batch", min=1, max=256, metavar="N", help="Requests decoded together; "
+                                   "more wait in the queue.")] = 16,
+    max_queue: Annotated[int, _opt("--max-queue", min=0, metavar="N", help="Requests allowed to wait; past "
+                                   "that the server answers 429.")] = 64,
+    api_key: Annotated[str | None, _opt("--api-key", metavar="KEY", envvar="V4_API_KEY", show_envvar=True,
+                                        help="Require this key (Bearer or x-api-key) on every route but "
+                                        "/health.")] = None,
+    cors: Annotated[list[str] | None, _opt("--cors", metavar="ORIGIN", help="Allow browser requests from this "
+                                           "origin (repeatable; * for any). Off by default.")] = None,
+    max_request_bytes: Annotated[int, _opt("--max-request-bytes", min=1024, metavar="BYTES", help="Largest "
+                                           "request body accepted.")] = 64 << 20,
+    keepalive: Annotated[float, _opt("--keepalive", min=0.05, metavar="SECONDS", help="Send keep-alives after "
+                                     "this long without output (queued requests, long prompts).")] = 5.0,
+    no_prefix_cache: Annotated[bool, _opt("--no-prefix-cache", help="Do not reuse earlier prompts' state.")]
+    = False,
+) -> None:
+    """Serve a model over HTTP in DeepSeek's API formats (OpenAI Chat Completions, Completions/FIM).
+
+    Point any OpenAI client at http://HOST:PORT (or .../v1); model names deepseek-v4-flash,
+    deepseek-v4-pro, deepseek-chat and deepseek-reasoner are answered by the loaded model.
+
+    Examples:
+
+      v4 serve --model flash
+
+      v4 serve --model tiny --port 8001 --api-key secret
+
+      OPENAI_BASE_URL=http://127.0.0.1:8000/v1 python my_agent.py
+    """
+    from .backend import LocalBackend, default_model
+
+    c = _console()
+    with _handled(c):
+        import uvicorn
+
+        from .server.app import create_app
+
+        name = model or default_model()
+        from . import hub
+
+        hub.resolve(name, materialize=False)  # an unknown name fails now, before the port is taken
+        backend = LocalBackend(name, context=context, max_batch=max_batch, max_queue=max_queue,
+                               prefix_cache=not no_prefix_cache)
+        application = create_app(backend, api_key=api_key, cors=cors, max_request_bytes=max_request_bytes,
+                                 keepalive_s=keepalive, announce=c.info)
+        where = f"http://{host}:{port}"
+        c.info(f"v4 serve: {name} at {where} (OpenAI format: {where}/v1); loading the model, GET /health says "
+               "when it is ready")
+        if name == "tiny":
+            c.note("tiny has random weights: its output is noise")
+        if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+            c.warn(f"listening on {host} without --api-key: anyone who can reach this port can use the model")
+        uvicorn.run(application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+
+
+def _as_json(events: Iterable[Any], backend: Backend) -> dict[str, Any]:
+    from .events import Reply
 
     reply = Reply()
     for ev in events:
         reply.add(ev)
-    out: dict[str, Any] = {"model": model, "answer": reply.content, "reasoning": reply.reasoning,
+    # the model is read after the answer: a remote backend resolves it on its first request
+    out: dict[str, Any] = {"model": backend.model, "answer": reply.content, "reasoning": reply.reasoning,
                            "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments}
                                           for c in reply.tool_calls]}
     if (st := reply.stats) is not None:

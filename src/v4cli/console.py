@@ -32,8 +32,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from .backend import BackendEvent, Content, Notice, Reasoning, Stats, ToolCall
-from .backend import Progress as PrefillProgress
+from .events import BackendEvent, Content, Notice, Reasoning, Stats, ToolCall
+from .events import Progress as PrefillProgress
 
 _TAIL_LINES = 4  # reasoning lines kept visible while it streams (collapsed mode)
 

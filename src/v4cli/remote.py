@@ -10,7 +10,8 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .backend import BackendError, BackendEvent, Content, Message, Options, Reasoning, Stats, ToolCall
+from .dsml import ContentDelta, ReasoningDelta, ToolCallDelta, ToolCallEnd, ToolCallStart
+from .events import BackendError, BackendEvent, Message, Options, Reply, Stats
 
 
 def _endpoint(url: str, path: str = "chat/completions") -> str:
@@ -91,9 +92,8 @@ class RemoteBackend:
         t0 = time.perf_counter()
         resp = self._request(self.endpoint, body)
         first: float | None = None
-        calls: dict[int, list[str]] = {}
-        usage: dict[str, Any] = {}
-        reason, pieces = "stop", 0
+        reply, usage = Reply(), {}
+        reason, pieces, calls = "stop", 0, set()
         try:
             for chunk in _sse(resp, self.endpoint):
                 usage = chunk.get("usage") or usage
@@ -101,30 +101,33 @@ class RemoteBackend:
                     delta = choice.get("delta") or {}
                     if first is None and (delta.get("content") or delta.get("reasoning_content")):
                         first = time.perf_counter()
+                    parts: list[Any] = []
                     if delta.get("reasoning_content"):
-                        pieces += 1
-                        yield Reasoning(delta["reasoning_content"])
+                        parts.append(ReasoningDelta(delta["reasoning_content"]))
                     if delta.get("content"):
-                        pieces += 1
-                        yield Content(delta["content"])
-                    for tc in delta.get("tool_calls") or []:
-                        slot = calls.setdefault(int(tc.get("index", len(calls))), ["", "", ""])
-                        fn = tc.get("function") or {}
-                        slot[0] = tc.get("id") or slot[0]
-                        slot[1] = fn.get("name") or slot[1]
-                        slot[2] += fn.get("arguments") or ""
+                        parts.append(ContentDelta(delta["content"]))
+                    pieces += len(parts)
+                    for tc in delta.get("tool_calls") or []:  # a call streams as pieces of one index
+                        i, fn = int(tc.get("index", len(calls))), tc.get("function") or {}
+                        if i not in calls:
+                            calls.add(i)
+                            parts.append(ToolCallStart(i, tc.get("id") or "", fn.get("name") or ""))
+                        if fn.get("arguments"):
+                            parts.append(ToolCallDelta(i, fn["arguments"]))
+                    yield from reply.fold(parts)
                     reason = choice.get("finish_reason") or reason
         finally:
             resp.close()  # on Ctrl-C too: closing the connection is how a client cancels
-        for i in sorted(calls):
-            yield ToolCall(i, calls[i][0], calls[i][1], calls[i][2] or "{}")
+        yield from reply.fold([ToolCallEnd(i) for i in sorted(calls)])
         end = time.perf_counter()
         first = first or end
         cached = usage.get("prompt_cache_hit_tokens")
         if cached is None:
             cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+        reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens", 0)
         yield Stats(int(usage.get("prompt_tokens", 0)), int(cached or 0),
-                    int(usage.get("completion_tokens", pieces)), first - t0, end - first, reason)
+                    int(usage.get("completion_tokens", pieces)), first - t0, end - first, reason,
+                    int(reasoning or 0))
 
     def close(self) -> None:
         pass

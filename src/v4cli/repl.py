@@ -7,6 +7,7 @@ DummyOutput in tests) and a `Console` writing wherever the caller likes.
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,8 +17,9 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
 
-from .backend import Backend, BackendEvent, Options, Reply
+from .chat_format import defuse
 from .console import Console
+from .events import Backend, BackendEvent, Options, Reply
 
 HELP = """\
 Type a message and press Enter to send it.
@@ -32,7 +34,8 @@ Commands:
   /system [TEXT]        set the system prompt (no TEXT: remove it)
   /set [KEY VALUE]      temperature, top_p, max_tokens, seed or system; no argument: show settings
   /show                 the current settings
-  /read PATH            add a file or folder (.gitignore, binaries and secrets skipped) to the next message
+  /read PATH...         add files or folders (.gitignore, binaries and secrets skipped) to the next message;
+                        quote a path with spaces: /read "my notes/a b.txt"
   /clear                forget the conversation
   /save FILE            save the conversation and settings as JSON
   /load FILE            load a conversation saved with /save
@@ -51,8 +54,10 @@ class ChatState:
     options: Options = field(default_factory=Options)
 
     def request(self, text: str) -> list[dict[str, Any]]:
-        head = [{"role": "system", "content": self.system}] if self.system else []
-        return [*head, *self.messages, {"role": "user", "content": text}]
+        """The messages for a new user turn; the system prompt and ``text`` are defused (`Repl.answer` keeps
+        the defused text), so a remote server gets them as the local encoder would write them."""
+        head = [{"role": "system", "content": defuse(self.system)}] if self.system else []
+        return [*head, *self.messages, {"role": "user", "content": defuse(text)}]
 
 
 class Repl:
@@ -62,7 +67,7 @@ class Repl:
         """`lines`: read input from these (a pipe: `printf 'hi\\n/exit\\n' | v4 chat`) instead of a terminal."""
         self.backend, self.console, self.switch_model = backend, console, switch_model
         self.lines = lines
-        self.attached: list[str] = []  # /read files waiting for the next message
+        self.attached: dict[str, str] = {}  # /read files waiting for the next message: real path -> block
         self.state = state or ChatState()
         if isinstance(history, Path):
             history.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +127,8 @@ class Repl:
         """Send one user turn; on Ctrl-C the stream is closed (the request aborted) and the turn forgotten."""
         s = self.state
         if self.attached:
-            text, self.attached = "".join(self.attached) + "\n" + text, []
+            text, self.attached = "".join(self.attached.values()) + "\n" + text, {}
+        text = defuse(text)  # what is sent and kept: typed special-token text stays text (see chat_format)
         reply = Reply()
         stream = self.backend.chat(s.request(text), thinking=s.thinking, effort=s.effort, options=s.options)
 
@@ -192,21 +198,39 @@ class Repl:
         return None
 
     def _read_files(self, arg: str) -> None:
+        """``/read PATH...``: ``<file>`` blocks as ``v4 ask`` lays them out (defused), once per real path."""
         from . import ingest
 
-        if not arg:
-            self.console.error("use /read PATH")
+        try:
+            # a path with spaces typed without quotes (or a Windows path) is taken whole when it exists
+            paths = [arg] if arg and Path(arg).expanduser().exists() else shlex.split(arg)
+        except (ValueError, OSError) as e:  # an unclosed quote; a name the OS refuses
+            self.console.error(f"cannot read {arg}: {e}")
+            return
+        if not paths:
+            self.console.error("use /read PATH (quote a path with spaces)")
             return
         try:
-            files, skipped = ingest.collect([Path(arg).expanduser()])
+            files, skipped = ingest.collect([Path(p).expanduser() for p in paths])
         except OSError as e:
             self.console.error(str(e))
             return
+        again = [f.path for f in files if f.real in self.attached]  # by real path: a file, then its folder
+        defused = 0
         for f in files:
-            self.attached.append(f'<file path="{f.path}">\n{f.text}\n</file>\n')
-        why = ", ".join(f"{s.path} ({s.reason})" for s in skipped[:3])
-        why = f"; skipped {len(skipped)}: {why}" if skipped else ""
-        self.console.note(f"{len(files)} file(s) will go with the next message{why}")
+            if f.real not in self.attached:
+                self.attached[f.real], n = ingest.file_block(f.path, f.text)
+                defused += n > 0
+        note = f"{len(self.attached)} file(s) will go with the next message"
+        if len(files) - len(again) < len(self.attached):
+            note = f"{len(files) - len(again)} file(s) added; {note}"
+        if again:
+            note += f"; {len(again)} already attached ({_some(again)})"
+        if defused:
+            note += f"; special-token text defused in {defused} file(s)"
+        if skipped:
+            note += f"; skipped {len(skipped)}: {_some([f'{s.path} ({s.reason})' for s in skipped])}"
+        self.console.note(note)
 
     def _set(self, arg: str) -> None:
         key, _, value = arg.partition(" ")
@@ -293,6 +317,12 @@ class Repl:
         self.backend.close()
         self.backend = new
         self.console.note(f"model {arg} (loads on the next question)")
+
+
+def _some(items: list[str], shown: int = 3) -> str:
+    """The first few items, and how many more: ``a, b, c and 2 more``."""
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
 
 
 def _describe(e: BaseException) -> str:

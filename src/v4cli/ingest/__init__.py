@@ -22,16 +22,18 @@ Decisions (the why is in the comments next to the code):
   real path is kept); folder links are never walked (their target is walked at its real path, or is a
   loop), so the walk is a tree and no file is read twice.
 - Text that the tokenizer would turn into special tokens (``<think>``, ``<｜User｜>``...) is defused
-  with a zero-width space after its first character, with a note: file contents cannot forge turns.
+  with a zero-width space after its first character (`v4cli.chat_format.defuse`), in file contents
+  (with a note), paths, stdin and the question: nothing read can forge turns. `file_block` builds a
+  ``<file>`` block; ``v4 chat``'s ``/read`` uses it too.
 - Explicitly named files bypass ignore rules (.gitignore, defaults) but not the binary, size and
   secret checks. Missing argument paths raise FileNotFoundError. An empty result is not an error:
   the summary carries a warning and the CLI decides.
 """
 
 from .files import DEFAULT_MAX_FILE_BYTES, Skipped, SourceFile, collect
-from .prompt import BudgetError, Dropped, FileEntry, Ingested, build_prompt, format_summary
+from .prompt import BudgetError, Dropped, FileEntry, Ingested, build_prompt, file_block, format_summary
 
 __all__ = [
     "DEFAULT_MAX_FILE_BYTES", "BudgetError", "Dropped", "FileEntry", "Ingested", "Skipped", "SourceFile",
-    "build_prompt", "collect", "format_summary",
+    "build_prompt", "collect", "file_block", "format_summary",
 ]

@@ -55,14 +55,16 @@ _TEXT_BYTES = _ASCII_TEXT_BYTES + bytes(range(128, 256))
 
 @dataclass
 class SourceFile:
-    """A file `collect` decided to read: display path (posix), decoded text, size on disk, notes, and the
-    display path of the folder argument it was found under ("" for a file argument or ``.``)."""
+    """A file `collect` decided to read: display path (posix), decoded text, size on disk, notes, the
+    display path of the folder argument it was found under ("" for a file argument or ``.``), and its
+    real path (resolved: the same file reached two ways has the same one)."""
 
     path: str
     text: str
     bytes: int
     notes: list[str] = field(default_factory=list)
     root: str = ""
+    real: str = ""
 
 
 @dataclass
@@ -287,5 +289,6 @@ def collect(
                 skipped.append(Skipped(source.path, f"duplicate of {seen[real]}"))
             else:
                 seen[real] = source.path
+                source.real = real
                 files.append(source)
     return files, skipped

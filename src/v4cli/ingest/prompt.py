@@ -3,20 +3,16 @@ V4 tokenizer and fit it to a token budget (layout and drop policy: see `v4cli.in
 
 from __future__ import annotations
 
-import functools
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from v4cli.chat_format import encode_messages, encode_prompt_ids
+from v4cli.chat_format import defuse, encode_messages, encode_prompt_ids
 
 from .files import Skipped, SourceFile, _join
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
-
-ZWSP = "\u200b"
 
 
 class BudgetError(ValueError):
@@ -44,20 +40,6 @@ class Dropped:
 
 # ------------------------------------------------------------------------------------------ build_prompt
 
-@functools.lru_cache(maxsize=4)
-def _defuser(texts: frozenset[str]) -> re.Pattern[str]:
-    """A regex of every added-token text, grouped by first character so most positions fail at once."""
-    by_first: dict[str, list[str]] = {}
-    for text in sorted(texts, key=len, reverse=True):
-        by_first.setdefault(text[0], []).append(re.escape(text[1:]))
-    return re.compile("|".join(f"{re.escape(c)}(?:{'|'.join(rest)})" for c, rest in by_first.items()) or "(?!)")
-
-
-def _defuse(text: str, pattern: re.Pattern[str]) -> tuple[str, int]:
-    """Break special-token texts with a zero-width space so they tokenize as plain text."""
-    return pattern.subn(lambda m: m[0][0] + ZWSP + m[0][1:], text)
-
-
 def _attr(path: str) -> str:
     return path.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
 
@@ -66,6 +48,13 @@ def _block(tag: str, text: str, attrs: str = "") -> str:
     # starts with "<", ends with "\n": the pre-tokenizer never joins "\n" to a following non-space,
     # so each block tokenizes the same alone as inside the prompt (per-block counts add up exactly)
     return f"<{tag}{attrs}>\n{text}{'' if not text or text.endswith(chr(10)) else chr(10)}</{tag}>\n"
+
+
+def file_block(path: str, text: str, tokenizer: Tokenizer | None = None) -> tuple[str, int]:
+    """A ``<file path="...">`` block of the prompt, path and text defused with `defuse` (``tokenizer``'s
+    added tokens; default V4's); also how many special-token texts the file's text had."""
+    safe = defuse(text, tokenizer)
+    return _block("file", safe, f' path="{defuse(_attr(path), tokenizer)}"'), len(safe) - len(text)
 
 
 def _header(kept: list[str], dropped: list[str]) -> str:
@@ -151,17 +140,16 @@ def build_prompt(
     ids joined; ``verify`` also tokenizes the whole text and checks it gives the same ids (slower).
     """
     tok = tokenizer
-    special = _defuser(frozenset(t.content for t in tok.get_added_tokens_decoder().values() if t.content))
     notes = [list(f.notes) for f in files]
     blocks = []
     for f, fnotes in zip(files, notes, strict=True):
-        text, n = _defuse(f.text, special)
+        block, n = file_block(f.path, f.text, tok)
         if n:
             fnotes.append(f"special-token text defused ({n})")
-        blocks.append(_block("file", text, f' path="{_defuse(_attr(f.path), special)[0]}"'))
-    paths = [_defuse(f.path, special)[0] for f in files]
-    stdin = _block("stdin", _defuse(stdin_text, special)[0]) if stdin_text is not None else ""
-    q = _defuse(question.strip(), special)[0]
+        blocks.append(block)
+    paths = [defuse(f.path, tok) for f in files]
+    stdin = _block("stdin", defuse(stdin_text, tok)) if stdin_text is not None else ""
+    q = defuse(question.strip(), tok)
     head, tail = encode_messages([{"role": "user", "content": "\0"}], thinking_mode=thinking_mode).split("\0")
 
     ids = _encode(tok, blocks)

@@ -1,7 +1,8 @@
 """The Engine: the one owner of the model, the decode states and the scheduling.
 
-The CLI, the REPL and the server all talk to this class. It runs on one thread: `step()` does one
-forward pass over a batch of prompt chunks and decode tokens; `stream()` and `generate()` drive it.
+The CLI, the REPL and the server all talk to this class. It runs on one thread: `step()` runs the
+scheduled prompt chunks and decode tokens (in forward passes that keep each request's result
+independent of the others, see `_forward`); `stream()` and `generate()` drive it.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Event:
     logprob: TokenLogprob | None = None
     finish_reason: str | None = None  # "stop", "length" or "abort" on the request's last event
     cached_tokens: int = 0  # prompt tokens this request took from the prefix cache
+    stop: str | None = None  # the stop string that ended the request, if one did
 
 
 @dataclass
@@ -89,6 +91,8 @@ class _Live:
     pending: list[int] = field(default_factory=list)  # decided tokens the main model has not run yet
     draft: list[int] = field(default_factory=list)  # MTP's proposal for the tokens after `pending`
     cached: int = 0  # prompt tokens restored from the prefix cache
+    salt: str = ""  # prefix-cache isolation key
+    keep_output: bool = False  # snapshot prompt + output when the request finishes
 
 
 class Engine:
@@ -140,42 +144,58 @@ class Engine:
         return engine
 
     # ---- requests ----------------------------------------------------------------------------------
-    def add_request(self, prompt_ids: Sequence[int] | torch.Tensor, params: SamplingParams | None = None,
-                    progress: Progress | None = None, cache_prefix: int | None = None) -> int:
-        """Queue a prompt; returns the request id. Refuses prompts over the context before any work.
-
-        `cache_prefix`: also keep a snapshot after that many prompt tokens (e.g. everything before a
-        question), so a later prompt sharing them starts from there.
-        """
-        prompt = [int(t) for t in (prompt_ids.tolist() if isinstance(prompt_ids, torch.Tensor) else prompt_ids)]
+    def check(self, prompt_ids: Sequence[int] | torch.Tensor, params: SamplingParams | None = None) -> int:
+        """Raise what `add_request` would refuse (empty prompt, over the context, ids outside the
+        vocabulary, a decode state that could never fit); returns the bytes the request reserves.
+        Reads only configuration, so any thread may call it."""
+        prompt = prompt_ids.tolist() if isinstance(prompt_ids, torch.Tensor) else prompt_ids
         params = params or SamplingParams()
-        if not prompt:
+        if not len(prompt):
             raise ValueError("the prompt is empty: at least one token is needed")
         if len(prompt) >= self.max_context:
             raise ContextLimitError(
                 f"the prompt is {len(prompt)} tokens but the context holds {self.max_context} "
                 f"(including at least one generated token); shorten the prompt or raise the context")
-        bad = [t for t in prompt if not 0 <= t < self.args.vocab_size]
+        vocab = self.args.vocab_size
+        bad = [t for t in prompt if not 0 <= t < vocab]
         if bad:
-            raise ValueError(f"token id {bad[0]} is outside the vocabulary (0..{self.args.vocab_size - 1})")
-        req = Request(prompt=prompt, params=params)
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
         budget = self.scheduler.state_budget
-        if budget is not None:
-            tokens = min(len(prompt) + params.max_tokens, self.max_context)
-            req.reserve = state_bytes(self.args, tokens, dtype_bytes=self.model.dtype.itemsize)
-            if req.reserve > budget:
-                raise MemoryPlanError(
-                    f"this request's decode state would reach {req.reserve / 2**30:.2f} GiB ({tokens:,} tokens) "
-                    f"but {budget / 2**30:.2f} GiB is left beside the weights; lower max_tokens or the prompt")
+        if budget is None:
+            return 0
+        tokens = min(len(prompt) + params.max_tokens, self.max_context)
+        reserve = state_bytes(self.args, tokens, dtype_bytes=self.model.dtype.itemsize)
+        if reserve > budget:
+            raise MemoryPlanError(
+                f"this request's decode state would reach {reserve / 2**30:.2f} GiB ({tokens:,} tokens) "
+                f"but {budget / 2**30:.2f} GiB is left beside the weights; lower max_tokens or the prompt")
+        return reserve
+
+    def add_request(self, prompt_ids: Sequence[int] | torch.Tensor, params: SamplingParams | None = None,
+                    progress: Progress | None = None, cache_prefix: int | Sequence[int] | None = None, *,
+                    cache_salt: str = "", keep_output: bool = False) -> int:
+        """Queue a prompt; returns the request id. Refuses prompts over the context before any work.
+
+        `cache_prefix`: also keep a snapshot after that many prompt tokens (or after each of several
+        such lengths: e.g. everything before a question), so a later prompt sharing them starts there.
+        `keep_output`: also keep one when the request finishes, after its prompt and output (a
+        conversation's next turn starts there).
+        `cache_salt` isolates these snapshots: only requests with the same salt find them.
+        """
+        prompt = [int(t) for t in (prompt_ids.tolist() if isinstance(prompt_ids, torch.Tensor) else prompt_ids)]
+        params = params or SamplingParams()
+        req = Request(prompt=prompt, params=params)
+        req.reserve = self.check(prompt, params)
         live = _Live(params, new_generator(params.seed), TextStream(self.tokenizer) if self.tokenizer else None,
-                     StopMatcher(params.stop), progress)
+                     StopMatcher(params.stop), progress, salt=cache_salt, keep_output=keep_output)
         if self.prefix_cache is not None:
             # At least the last prompt token must run: its logits give the first new token.
-            n, state = self.prefix_cache.lookup(prompt[:-1])
+            n, state = self.prefix_cache.lookup(prompt[:-1], cache_salt)
             if state is not None:
                 req.state, req.prefilled, live.cached = state, n, n
                 state.reserve(self.args, min(len(prompt) + params.max_tokens, self.max_context))
-            req.cache_points = sorted({c for c in (cache_prefix, len(prompt)) if c and n < c <= len(prompt)})
+            points = [cache_prefix] if isinstance(cache_prefix, int) else list(cache_prefix or [])
+            req.cache_points = sorted({c for c in (*points, len(prompt)) if c and n < c <= len(prompt)})
         self._live[req.id] = (req, live)
         self.scheduler.add(req)
         return req.id
@@ -213,7 +233,7 @@ class Engine:
             tokens.extend(run)
             states.append(req.state)
             lengths.append(len(run))
-        h = self.model(torch.tensor(tokens, device=self.device), states, lengths)
+        h = self._forward(plan, tokens, states, lengths)
         # Logits where tokens are decided: the last position, or every verified position.
         rows, offs, off = [], [], 0
         for (req, _), (_, run) in zip(plan, runs, strict=True):
@@ -231,7 +251,7 @@ class Engine:
                 if live.progress:
                     live.progress(req.prefilled, len(req.prompt))
                 if self.prefix_cache is not None and req.prefilled in req.cache_points:
-                    to_store.append((req.prompt[: req.prefilled], req.state))
+                    to_store.append((req.prompt[: req.prefilled], req.state, live.salt))
                 if req.in_prefill:
                     mtp_items.append((req.state, start, seg_h, run + [req.prompt[req.prefilled]]))
                     mtp_owners.append(None)
@@ -256,9 +276,34 @@ class Engine:
             for live, draft in zip(mtp_owners, self.drafter.catch_up(mtp_items), strict=True):
                 if live is not None and draft is not None:
                     live.draft = [draft]
-        for prefix, state in to_store:  # after MTP caught up, so a restored state can keep drafting
-            self.prefix_cache.store(prefix, state)
+        for prefix, state, salt in to_store:  # after MTP caught up, so a restored state can keep drafting
+            self.prefix_cache.store(prefix, state, salt)
         return self._drain()
+
+    def _forward(self, plan: list[tuple[Request, int]], tokens: list[int], states: list[SeqState],
+                 lengths: list[int]) -> torch.Tensor:
+        """The step's streams [T, n, D], in plan order, from forward passes that make each request's result
+        independent of what else is in the step: every prompt chunk alone, decode rows together in passes
+        of at most `kernels.ROW_KERNEL_MAX` rows. Within a pass the rows of different sequences meet only
+        in ops that compute each row the same way whatever the other rows (the FP8/FP4 row kernel up to
+        that many rows, `dense_linear`, per-row norms and element-wise ops); a chunk's rows go through
+        GEMMs whose blocking depends on the number of rows, so a chunk shares its pass with nothing.
+        With the rounding on, any such difference would change the tokens a request generates."""
+        passes, i = [], 0
+        while i < len(plan):
+            j, rows = i + 1, lengths[i]
+            if not plan[i][0].in_prefill:
+                while j < len(plan) and not plan[j][0].in_prefill and rows + lengths[j] <= kernels.ROW_KERNEL_MAX:
+                    rows += lengths[j]
+                    j += 1
+            passes.append((i, j, rows))
+            i = j
+        outs, off = [], 0
+        for i, j, rows in passes:
+            run = torch.tensor(tokens[off : off + rows], device=self.device)
+            outs.append(self.model(run, states[i:j], lengths[i:j]))
+            off += rows
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def _decide(self, req: Request, live: _Live, logits: torch.Tensor, draft: list[int]
                 ) -> tuple[list[int], list[TokenLogprob | None]]:
@@ -293,9 +338,22 @@ class Engine:
                 shown += live.stops.push(live.text.flush()) + live.stops.flush()
             req.finish_reason = reason
             self.scheduler.remove(req)
+            self._keep(req, live)
             req.state = None
-        live.events.append(Event(req.id, token, shown, info, reason, live.cached))
+        live.events.append(Event(req.id, token, shown, info, reason, live.cached, live.stops.hit))
         return reason is not None
+
+    def _keep(self, req: Request, live: _Live) -> None:
+        """Snapshot a finished request's prompt + output (all but the last token, which never ran)."""
+        done = req.prompt + req.output[:-1]
+        if live.keep_output and self.prefix_cache is not None and req.state is not None \
+                and req.state.pos == len(done) and len(done) > len(req.prompt):
+            self.prefix_cache.store(done, req.state, live.salt)
+
+    def cached(self, request_id: int) -> int:
+        """Prompt tokens a live request took from the prefix cache."""
+        entry = self._live.get(request_id)
+        return entry[1].cached if entry else 0
 
     def _drain(self) -> list[Event]:
         out = []

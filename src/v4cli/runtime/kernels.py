@@ -18,12 +18,15 @@ import torch
 from . import ops, ops_ref
 
 CSRC = Path(__file__).resolve().parents[3] / "csrc"
-SOURCES = ("registration.cpp", "cpu/linear.cpp", "cpu/hc.cpp")
+SOURCES = ("registration.cpp", "cpu/linear.cpp", "cpu/dense.cpp", "cpu/hc.cpp")
 HEADERS = ("ops.h",)
 # Tuned for the CPU that builds it (the cache key includes its features). Clang on arm64 wants -mcpu.
 CFLAGS = ("-O3", "-mcpu=native" if platform.machine().lower() in ("arm64", "aarch64") else "-march=native")
 
 REFERENCE = "PyTorch reference ops"  # how install() names the fallback
+# Up to this many input rows the FP8/FP4 linear runs its row kernel (csrc/cpu/linear.cpp, kRowKernelMax), whose
+# result for a row does not depend on the other rows; past it, one GEMM over all rows (faster, not row-invariant).
+ROW_KERNEL_MAX = 32
 _built = False
 
 
@@ -123,8 +126,9 @@ def install() -> str:
         return f"{REFERENCE} ({why})"
     ops.register("fp8_linear", fp8_linear)
     ops.register("fp4_linear", fp4_linear)
+    ops.register("dense_linear", dense_linear)
     ops.register("hc_sinkhorn", hc_sinkhorn)
-    return "C++ CPU kernels: fp8_linear, fp4_linear, hc_sinkhorn"
+    return "C++ CPU kernels: fp8_linear, fp4_linear, dense_linear, hc_sinkhorn"
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, act_quant: bool) -> torch.Tensor:
@@ -141,6 +145,14 @@ def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, act_q
         return ops_ref.fp4_linear(x, packed, scale, act_quant)
     y = torch.ops.v4cli.fp4_linear(x.reshape(-1, k).float().contiguous(), packed, scale.view(torch.uint8), act_quant)
     return y.view(*x.shape[:-1], packed.shape[0]).to(x.dtype)
+
+
+def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    if x.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
+        return ops_ref.dense_linear(x, weight)
+    k = weight.shape[1]
+    y = torch.ops.v4cli.dense_linear(x.reshape(-1, k).to(weight.dtype).contiguous(), weight.contiguous())
+    return y.view(*x.shape[:-1], weight.shape[0])
 
 
 def hc_sinkhorn(mixes: torch.Tensor, scale: torch.Tensor, base: torch.Tensor, n: int, iters: int,

@@ -11,7 +11,7 @@ from typing import Any
 
 from . import ops_ref
 
-OP_NAMES = ("fp8_linear", "fp4_linear", "sparse_attention", "indexer_scores", "hc_sinkhorn", "hadamard")
+OP_NAMES = ("fp8_linear", "fp4_linear", "dense_linear", "sparse_attention", "indexer_scores", "hc_sinkhorn", "hadamard")
 
 _impl: dict[str, Callable[..., Any]] = {name: getattr(ops_ref, name) for name in OP_NAMES}
 
@@ -40,6 +40,10 @@ def fp8_linear(x, weight, scale, act_quant):  # noqa: ANN001, ANN201 - signature
 
 def fp4_linear(x, packed, scale, act_quant):  # noqa: ANN001, ANN201
     return _impl["fp4_linear"](x, packed, scale, act_quant)
+
+
+def dense_linear(x, weight):  # noqa: ANN001, ANN201
+    return _impl["dense_linear"](x, weight)
 
 
 def sparse_attention(q, kv, sink, idx, softmax_scale, dense=None, limit=None):  # noqa: ANN001, ANN201

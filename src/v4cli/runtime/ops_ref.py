@@ -29,6 +29,15 @@ def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, act_q
     return (xin.float() @ w.t()).to(x.dtype)
 
 
+def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """y = x W^T for a float32 or bfloat16 weight [N, K], in the weight's dtype (x is cast to it first).
+
+    The kernels compute each row the same way whatever the other rows (torch.mm does not: a GEMV for one
+    row and other blockings for more change a row's result by an ulp).
+    """
+    return torch.nn.functional.linear(x.to(weight.dtype), weight)
+
+
 def sparse_attention(
     q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor, idx: torch.Tensor, softmax_scale: float,
     dense: torch.Tensor | None = None, limit: torch.Tensor | None = None,

@@ -45,9 +45,10 @@ class PrefixCache:
                 if meta.get("model") == model_key:
                     self.on_disk[f.stem] = int(meta["length"])
 
-    def _hashes(self, tokens: Sequence[int], lengths: list[int]) -> dict[int, str]:
-        """Hash of tokens[:L] for each L, in one pass over the tokens."""
-        h = hashlib.sha256(self.key.encode())
+    def _hashes(self, tokens: Sequence[int], lengths: list[int], salt: str = "") -> dict[int, str]:
+        """Hash of tokens[:L] for each L, in one pass over the tokens. `salt` isolates one user's entries
+        from another's (the server's `user` field): the same tokens under another salt never match."""
+        h = hashlib.sha256(f"{self.key}\0{salt}".encode() if salt else self.key.encode())
         out, done = {}, 0
         for L in sorted(set(lengths)):
             h.update(array("i", tokens[done:L]).tobytes())
@@ -55,13 +56,13 @@ class PrefixCache:
             out[L] = h.copy().hexdigest()
         return out
 
-    def lookup(self, tokens: Sequence[int]) -> tuple[int, SeqState | None]:
+    def lookup(self, tokens: Sequence[int], salt: str = "") -> tuple[int, SeqState | None]:
         """(n, state) for the longest stored prefix of `tokens` (state is a private copy), or (0, None)."""
         lengths = {L for L, _ in self.ram.values()} | set(self.on_disk.values())
         candidates = [L for L in lengths if len(tokens) >= L]
         if not candidates:
             return 0, None
-        hashes = self._hashes(tokens, candidates)
+        hashes = self._hashes(tokens, candidates, salt)
         for L in sorted(candidates, reverse=True):
             h = hashes[L]
             if h in self.ram:
@@ -74,13 +75,13 @@ class PrefixCache:
                     return L, state
         return 0, None
 
-    def store(self, tokens: Sequence[int], state: SeqState) -> None:
+    def store(self, tokens: Sequence[int], state: SeqState, salt: str = "") -> None:
         """Keep a copy of `state`, which must have processed exactly `tokens`."""
         if state.pos != len(tokens):
             raise ValueError(f"the state has processed {state.pos} tokens, not the {len(tokens)} given")
         if len(tokens) < self.min_tokens:
             return
-        h = self._hashes(tokens, [len(tokens)])[len(tokens)]
+        h = self._hashes(tokens, [len(tokens)], salt)[len(tokens)]
         if h in self.ram:
             return
         snap = state.snapshot()

@@ -36,8 +36,15 @@ class Request:
 
 class Scheduler:
     """FIFO admission up to `max_batch` live sequences whose reserved decode-state bytes fit in
-    `state_budget`; each step runs every decoding sequence's next token plus up to `chunk_size` prompt
-    tokens of the sequences still reading their prompt."""
+    `state_budget`; each step runs every decoding sequence's next token plus prompt chunks of the
+    sequences still reading their prompt, `chunk_size` tokens in all.
+
+    A prompt's chunks depend on that prompt alone: each is `chunk_size` tokens, cut only at a cache
+    point and at the prompt's end, whatever else is in the step. One that does not fit in what is left
+    of the step's tokens waits for the next step; the first always fits. (Splitting one budget across
+    prompts would chunk the same prompt differently alone and in company, and with the FP8 rounding on,
+    a chunk boundary changes the tokens generated.)
+    """
 
     def __init__(self, max_batch: int, chunk_size: int, state_budget: int | None = None) -> None:
         if max_batch < 1 or chunk_size < 1:
@@ -72,9 +79,14 @@ class Scheduler:
         plan = [(r, 1) for r in self.running if not r.in_prefill]
         budget = self.chunk_size
         for r in self.running:
-            if r.in_prefill and budget > 0:
-                end = min([len(r.prompt)] + [c for c in r.cache_points if c > r.prefilled])
-                n = min(budget, end - r.prefilled)
-                plan.append((r, n))
-                budget -= n
+            if r.in_prefill:
+                n = self.next_chunk(r)
+                if n <= budget:
+                    plan.append((r, n))
+                    budget -= n
         return plan
+
+    def next_chunk(self, r: Request) -> int:
+        """Tokens of `r`'s next prompt chunk: up to `chunk_size`, ending at its next cache point or prompt end."""
+        end = min([len(r.prompt)] + [c for c in r.cache_points if c > r.prefilled])
+        return min(self.chunk_size, end - r.prefilled)

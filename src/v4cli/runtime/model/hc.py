@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from . import pointwise
 
 
 class HyperConnection(nn.Module):
@@ -23,7 +24,7 @@ class HyperConnection(nn.Module):
         """x [T, n, D] -> (u [T, D], post [T, n], comb [T, n, n])."""
         flat = x.flatten(1).float()
         rsqrt = torch.rsqrt(flat.square().mean(-1, keepdim=True) + self.norm_eps)
-        mixes = (flat @ self.fn.t()) * rsqrt
+        mixes = ops.dense_linear(flat, self.fn) * rsqrt
         pre, post, comb = ops.hc_sinkhorn(mixes, self.scale, self.base, self.n, self.iters, self.eps)
         u = (pre.unsqueeze(-1) * x.float()).sum(dim=1)
         return u.to(x.dtype), post, comb
@@ -48,5 +49,5 @@ class HyperHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.flatten(1).float()
         rsqrt = torch.rsqrt(flat.square().mean(-1, keepdim=True) + self.norm_eps)
-        pre = torch.sigmoid((flat @ self.fn.t()) * rsqrt * self.scale + self.base) + self.eps
+        pre = pointwise.sigmoid(ops.dense_linear(flat, self.fn) * rsqrt * self.scale + self.base) + self.eps
         return (pre.unsqueeze(-1) * x.float()).sum(dim=1).to(x.dtype)

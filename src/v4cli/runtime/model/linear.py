@@ -38,7 +38,7 @@ class Linear(nn.Module):
             return ops.fp8_linear(x, self.weight, self.scale, self.act_quant)
         if self.fmt == "fp4":
             return ops.fp4_linear(x, self.weight, self.scale, self.act_quant)
-        return nn.functional.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
+        return ops.dense_linear(x, self.weight).to(x.dtype)
 
     def dense(self) -> torch.Tensor:
         """The weight as a float tensor (dequantized when stored as FP8/FP4)."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .. import ops
 from ..args import ModelArgs
+from . import pointwise
 from .linear import Linear
 
 
@@ -25,13 +26,13 @@ class Gate(nn.Module):
             self.register_buffer("bias", torch.zeros(args.n_routed_experts, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = x.float() @ self.weight.float().t()
+        logits = ops.dense_linear(x.float(), self.weight.float())
         if self.score_func == "softmax":
             scores = logits.softmax(dim=-1)
         elif self.score_func == "sigmoid":
-            scores = logits.sigmoid()
+            scores = pointwise.sigmoid(logits)
         else:
-            scores = F.softplus(logits).sqrt()
+            scores = pointwise.softplus(logits).sqrt()
         if self.hashed:
             picks = self.tid2eid[tokens].long()
         else:
@@ -57,7 +58,7 @@ class Expert(nn.Module):
         if self.limit > 0:
             up = up.clamp(-self.limit, self.limit)
             gate = gate.clamp(max=self.limit)
-        h = F.silu(gate) * up
+        h = pointwise.silu(gate) * up
         if weight is not None:
             h = weight * h
         return self.w2(h.to(x.dtype))
