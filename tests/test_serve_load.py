@@ -18,7 +18,7 @@ import pytest
 from v4server import V4Server, words
 
 
-def _stream_tokens(client: openai.OpenAI, content: str, user: str, max_tokens: int = 24) -> str:
+def _stream_tokens(client: openai.OpenAI, content: str, user: str, max_tokens: int = 16) -> str:
     chunks = client.chat.completions.create(
         model="deepseek-chat", messages=[{"role": "user", "content": content}], max_tokens=max_tokens,
         temperature=0, stream=True, user=user)
@@ -29,8 +29,8 @@ def test_sixteen_concurrent_greedy_streams_equal_each_alone(v4_server: Any) -> N
     """Batch invariance with the server's defaults (C++ kernels, rounding simulation on): prompts of
     different lengths, some over one prefill chunk, all decoded together, each equal to itself alone."""
     client = openai.OpenAI(base_url=f"{v4_server.url}/v1", api_key="x", max_retries=0, timeout=300)
-    prompts = [words(n, seed=i) for i, n in enumerate([12, 700, 40, 300, 1100, 90, 5, 520, 260, 33, 800, 150,
-                                                       64, 410, 18, 980])]
+    prompts = [words(n, seed=i) for i, n in enumerate([12, 600, 40, 150, 700, 90, 5, 530, 130, 33, 200, 75,
+                                                       64, 205, 18, 100])]
     alone = [_stream_tokens(client, p, user=f"alone-{i}") for i, p in enumerate(prompts)]  # separate cache keys
     with ThreadPoolExecutor(16) as pool:
         together = list(pool.map(lambda ip: _stream_tokens(client, ip[1], user=f"together-{ip[0]}"),
@@ -131,7 +131,8 @@ def _post(url: str, body: dict[str, Any]) -> tuple[int, Any]:
 
 
 def test_api_key_and_metrics(serve_home: Path) -> None:
-    with V4Server(serve_home, "--api-key", "s3cret") as srv:
+    with V4Server(serve_home, "--api-key", "s3cret", "--max-request-bytes", "4096", "--cors",
+                  "http://app.test") as srv:
         body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
         status, err = _post(srv.url, body)
         assert status == 401 and err["error"]["type"] == "authentication_error"
@@ -143,6 +144,16 @@ def test_api_key_and_metrics(serve_home: Path) -> None:
         with urllib.request.urlopen(req, timeout=10) as r:
             assert r.status == 200
         assert srv.health() == 200  # health needs no key
+        big = {**body, "messages": [{"role": "user", "content": "x" * 5000}]}
+        req = urllib.request.Request(f"{srv.url}/v1/chat/completions", json.dumps(big).encode(),
+                                     {"Content-Type": "application/json", "Authorization": "Bearer s3cret"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 413 and "4,096" in json.loads(e.value.read())["error"]["message"]
+        pre = urllib.request.Request(f"{srv.url}/v1/chat/completions", method="OPTIONS", headers={
+            "Origin": "http://app.test", "Access-Control-Request-Method": "POST"})
+        with urllib.request.urlopen(pre, timeout=10) as r:
+            assert r.headers["access-control-allow-origin"] == "http://app.test"
         req = urllib.request.Request(f"{srv.url}/metrics", headers={"Authorization": "Bearer s3cret"})
         with urllib.request.urlopen(req, timeout=10) as r:
             text = r.read().decode()
