@@ -48,3 +48,18 @@ def v4_server(serve_home: Path):
 
     with V4Server(serve_home, "--keepalive", "0.5") as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def built():
+    """The C++ kernels built (or loaded from the cache) and installed for one module; the twins again
+    afterwards (the rest of the suite runs on them)."""
+    from v4cli.runtime import kernels, ops
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("V4_KERNELS", "1")
+    line = kernels.install()
+    assert line.startswith("C++ CPU kernels"), line  # this machine has a compiler: the build must work
+    yield line
+    ops.reset()
+    mp.undo()

@@ -13,23 +13,11 @@ import shutil
 import pytest
 import torch
 
-from v4cli.runtime import Engine, SamplingParams, SeqState, kernels, load_model, ops
+from v4cli.runtime import Engine, SamplingParams, SeqState, kernels, load_model
 from v4cli.runtime.model import pointwise
 
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                                 reason="no C++ compiler on PATH")
-
-
-@pytest.fixture(scope="module")
-def built():
-    """The C++ kernels on (conftest sets V4_KERNELS=0 for the rest of the suite); the twins afterwards."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("V4_KERNELS", "1")
-    line = kernels.install()
-    assert line.startswith("C++ CPU kernels"), line
-    yield line
-    ops.reset()
-    mp.undo()
 
 
 def _prompt(n: int, seed: int) -> list[int]:

@@ -14,18 +14,6 @@ pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g+
                                 reason="no C++ compiler on PATH")
 
 
-@pytest.fixture(scope="module")
-def built():
-    """Kernels built (or loaded from the cache) and installed; the twins again afterwards."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("V4_KERNELS", "1")
-    line = kernels.install()
-    assert line.startswith("C++ CPU kernels"), line  # this machine has a compiler: the build must work
-    yield line
-    ops.reset()
-    mp.undo()
-
-
 def _fp8(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return quant.quantize_fp8(torch.randn(n, k, generator=g) * torch.rand(n, 1, generator=g) * 3)

@@ -23,7 +23,7 @@ class Answer:
         self.handle, self.mode, self.tokenizer, self.logprobs, self.raw = handle, mode, tokenizer, logprobs, raw
         self.parser = chat_format.StreamParser(mode)
         self.reply = Reply()
-        self.completion = self.reasoning_tokens = self.cached = 0
+        self.completion = self.reasoning_tokens = 0
         self.in_reasoning = mode == "thinking" and not raw
         self.first: float | None = None
         self.finish_reason = "abort"
@@ -42,7 +42,6 @@ class Answer:
         out: list[BackendEvent] = []
         if self.first is None:
             self.first = time.perf_counter()
-        self.cached = max(self.cached, ev.cached_tokens)
         if ev.token_id >= 0:
             self.completion += 1
             if self.in_reasoning:
@@ -74,6 +73,6 @@ class Answer:
         reason = self.finish_reason
         if reason == "stop" and self.reply.tool_calls:
             reason = "tool_calls"
-        stats = Stats(len(self.handle.prompt), self.cached, self.completion, first - self.handle.submitted,
+        stats = Stats(len(self.handle.prompt), self.handle.cached, self.completion, first - self.handle.submitted,
                       end - first, reason, self.reasoning_tokens, self.stop_sequence)
         return out + self.reply.fold([stats])

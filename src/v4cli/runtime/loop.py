@@ -48,9 +48,7 @@ class Handle:
         self.cache_prefix, self.cache_salt, self.keep_output = cache_prefix, cache_salt, keep_output
         self.request_id: int | None = None
         self.submitted = time.perf_counter()
-        self.started: float | None = None  # when its first prompt token ran
         self.done = False
-        self.seen_first = False
         self.cached = 0  # prompt tokens restored from the prefix cache (known once admitted)
         self._read = 0  # prompt tokens reported read (restored ones included)
         self._q: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
@@ -106,7 +104,6 @@ class LoopStats:
     steps: int = 0
     errors: int = 0
     finished: dict[str, int] = field(default_factory=dict)
-    _prefill_mark: int = 0
 
 
 class EngineLoop:
@@ -182,14 +179,14 @@ class EngineLoop:
                 self._admit(h)
             for h in (list(self._live.values()) if closed else cancels):
                 self._abort(h)
-            t0 = time.perf_counter()
+            t0, read = time.perf_counter(), self.stats.prefilled_tokens
             try:
                 events = engine.step() if engine.has_work() or cancels or closed else []
             except Exception as e:  # a failed step ends the requests in it; the loop keeps serving
                 self._fail_all(e)
                 continue
             self._scheduled_waiting = len(engine.scheduler.waiting)
-            self._account(events, time.perf_counter() - t0)
+            self._account(events, time.perf_counter() - t0, self.stats.prefilled_tokens - read)
             for ev in events:
                 self._deliver(ev)
             if closed:
@@ -199,8 +196,6 @@ class EngineLoop:
         stats = self.stats
 
         def progress(done: int, total: int, h: Handle = h) -> None:
-            if h.started is None:
-                h.started = time.perf_counter()
             stats.prefilled_tokens += done - h._read
             h._read = done
             h._put(Prefill(done, total))
@@ -215,6 +210,7 @@ class EngineLoop:
             h._put(None)
             return
         stats.prompt_tokens += len(h.prompt)
+        stats.cached_tokens += h.cached
         self._live[h.request_id] = h
         self._scheduled_waiting = len(self.engine.scheduler.waiting)
 
@@ -231,9 +227,6 @@ class EngineLoop:
         h = self._live.get(ev.request_id)
         if h is None:
             return
-        if not h.seen_first:
-            h.seen_first = True
-            self.stats.cached_tokens += ev.cached_tokens
         h._put(ev)
         if ev.finish_reason is not None:
             del self._live[ev.request_id]
@@ -251,7 +244,7 @@ class EngineLoop:
         self._live.clear()
         self.engine.step()  # collect the aborts so the engine forgets those requests
 
-    def _account(self, events: list[Event], seconds: float) -> None:
+    def _account(self, events: list[Event], seconds: float, prefilled: int) -> None:
         s = self.stats
         s.steps += 1
         s.waiting, s.running = self.waiting, self.running
@@ -260,6 +253,5 @@ class EngineLoop:
         if seconds > 0:
             if generated:
                 s.decode_tokens_per_s = generated / seconds
-            if s.prefilled_tokens > s._prefill_mark:
-                s.prefill_tokens_per_s = (s.prefilled_tokens - s._prefill_mark) / seconds
-        s._prefill_mark = s.prefilled_tokens
+            if prefilled:
+                s.prefill_tokens_per_s = prefilled / seconds

@@ -268,7 +268,7 @@ async def chat_stream(events: AsyncIterator[Any], meta: Meta, thinking: bool, *,
 
 def completion_object(reply: Reply, meta: Meta, echo: str) -> dict[str, Any]:
     lp = None
-    if reply.tokens or False:
+    if reply.tokens:
         lp = {"tokens": [t.text for t in reply.tokens], "token_logprobs": [t.logprob for t in reply.tokens],
               "top_logprobs": [dict(t.top) for t in reply.tokens], "text_offset": _offsets(reply.tokens, len(echo))}
     choice = {"index": 0, "text": echo + reply.content, "logprobs": lp, "finish_reason": finish_reason(reply.stats)}
