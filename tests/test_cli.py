@@ -227,16 +227,16 @@ def test_ask_input_errors(env: Path, repo: Path, tmp_path: Path, monkeypatch: py
 
 # ---- ask: answers ----------------------------------------------------------------------------------------------
 def test_ask_tiny_with_stdin_and_files(env: Path, repo: Path) -> None:
-    r = run("ask", "--no-think", "--max-tokens", "3", "--context", "4096", "why does this fail?",
+    r = run("ask", "--no-think", "--max-tokens", "3", "-t", "0", "--context", "4096", "why does this fail?",
             input="Traceback: ZeroDivisionError\n")
     assert r.exit_code == 0, r.output
     assert "random weights" in r.stderr and "3 tokens in" in r.stderr and "tok/s" in r.stderr
     assert r.stdout.strip()  # the answer (noise) is on stdout, the rest on stderr
-    r = run("ask", "-f", str(repo), "--max-tokens", "3", "--context", "4096", "--json", "what is this?")
+    r = run("ask", "-f", str(repo), "--max-tokens", "3", "-t", "0", "--context", "4096", "--json", "what is this?")
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["usage"]["completion_tokens"] == 3 and out["usage"]["prompt_tokens"] > 200
-    assert out["reasoning"] and out["summary"]["files"]  # thinking mode: the tiny model never leaves <think>
+    assert out["reasoning"] and out["summary"]["files"]  # thinking mode: greedy, the tiny model never leaves <think>
 
 
 def test_ask_second_question_reuses_the_prefix(env: Path, repo: Path) -> None:
@@ -257,7 +257,8 @@ def test_ask_second_question_reuses_the_prefix(env: Path, repo: Path) -> None:
 def test_ask_says_when_the_kernels_cannot_be_built(env: Path, tmp_path: Path) -> None:
     # A compiler that does not exist: the build fails, the answer still comes (from the PyTorch twins),
     # the user is told why once, and the next run does not try to build again.
-    cmd = [sys.executable, "-m", "v4cli.cli", "ask", "--no-think", "--max-tokens", "2", "--context", "1024", "hi"]
+    cmd = [sys.executable, "-m", "v4cli.cli", "ask", "--no-think", "--max-tokens", "2", "-t", "0", "--context", "1024",
+           "hi"]
     environ = {**os.environ, "V4_KERNELS": "1", "V4_KERNEL_CACHE": str(tmp_path / "kernels"),
                "CXX": str(tmp_path / "no-such-c++"), "COLUMNS": "400"}
     first = subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=600)

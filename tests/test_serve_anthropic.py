@@ -27,7 +27,8 @@ def client(v4_server: Any) -> anthropic.Anthropic:
 def test_create_thinking_on_and_off(v4_server: Any, root: str) -> None:
     """DeepSeek's /anthropic root and the bare one some clients use."""
     client = anthropic.Anthropic(base_url=v4_server.url + root, api_key="x", max_retries=0, timeout=300)
-    on = client.messages.create(model="claude-sonnet-4-5", max_tokens=6, messages=[{"role": "user", "content": "Hi"}])
+    on = client.messages.create(model="claude-sonnet-4-5", max_tokens=6, messages=[{"role": "user", "content": "Hi"}],
+                                extra_body={"temperature": 0})  # greedy: the built-in model thinks to the end
     assert on.type == "message" and on.role == "assistant" and on.model == "claude-sonnet-4-5"
     assert [b.type for b in on.content] == ["thinking"] and on.content[0].thinking and on.content[0].signature
     assert on.stop_reason == "max_tokens" and on.usage.output_tokens == 6

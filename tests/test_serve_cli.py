@@ -18,7 +18,8 @@ def _v4(*args: str, stdin: str | None = None, home: Any = None) -> subprocess.Co
 
 
 def test_ask_and_chat_with_url(v4_server: Any, serve_home: Any) -> None:
-    r = _v4("ask", "--url", v4_server.url, "--no-think", "--max-tokens", "6", "--json", "Say hi", home=serve_home)
+    r = _v4("ask", "--url", v4_server.url, "--no-think", "--max-tokens", "6", "--temperature", "0", "--json", "Say hi",
+            home=serve_home)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["answer"] and out["usage"]["completion_tokens"] == 6 and out["usage"]["finish_reason"] == "length"

@@ -64,7 +64,7 @@ def one_slot(serve_home: Path) -> Any:
 def test_disconnect_frees_the_slot_at_once(one_slot: Any) -> None:
     url = one_slot.url
     body = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "go on"}], "max_tokens": 3000,
-            "stream": True}
+            "stream": True, "temperature": 0}  # greedy: the built-in model never ends its turn early
     conn, resp = _open_stream(url, body)
     assert resp.status == 200
     got = b""
@@ -78,7 +78,8 @@ def test_disconnect_frees_the_slot_at_once(one_slot: Any) -> None:
         assert time.monotonic() < deadline, "the disconnected request still runs"
         time.sleep(0.1)
     req = urllib.request.Request(f"{url}/v1/chat/completions", json.dumps(
-        {"model": "deepseek-chat", "messages": [{"role": "user", "content": "next"}], "max_tokens": 3}).encode(),
+        {"model": "deepseek-chat", "messages": [{"role": "user", "content": "next"}], "max_tokens": 3,
+         "temperature": 0}).encode(),
         {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=60) as r:
         assert json.loads(r.read())["usage"]["completion_tokens"] == 3
@@ -133,7 +134,7 @@ def _post(url: str, body: dict[str, Any]) -> tuple[int, Any]:
 def test_api_key_and_metrics(serve_home: Path) -> None:
     with V4Server(serve_home, "--api-key", "s3cret", "--max-request-bytes", "4096", "--cors",
                   "http://app.test") as srv:
-        body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0}
         status, err = _post(srv.url, body)
         assert status == 401 and err["error"]["type"] == "authentication_error"
         ok = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="s3cret", max_retries=0)

@@ -99,7 +99,7 @@ def test_repeated_prefix_and_next_turn_hit_the_cache(client: openai.OpenAI) -> N
 def test_prefix_completion(client: openai.OpenAI) -> None:
     r = client.chat.completions.create(
         model="deepseek-chat", max_tokens=6, temperature=0,
-        messages=[{"role": "user", "content": "Write code"}, {"role": "assistant", "content": "```python\n",
+        messages=[{"role": "user", "content": "Write code"}, {"role": "assistant", "content": "```python\nx = ",
                                                                "prefix": True}])
     assert r.choices[0].message.content  # the continuation only, as DeepSeek returns it
     plain = client.chat.completions.create(model="deepseek-chat", max_tokens=6, temperature=0,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +57,27 @@ def builtin_args() -> ModelArgs:
     return tiny_args("flash", vocab_size=129280, sliding_window=128, index_topk=64, index_n_heads=4)
 
 
+BUILTIN_VERSION = 2  # bump when the built-in weights change (2: TurnEnds)
+
+
+def builtin_turn_ends() -> TurnEnds:
+    """The built-in model's turn-ending habit, over the real tokenizer's special tokens."""
+    added = json.loads(tokenizer_files()[0].read_text(encoding="utf-8"))["added_tokens"]
+    ids = {t["content"]: t["id"] for t in added}
+    return TurnEnds(eos=ids["<｜end▁of▁sentence｜>"], think_end=ids["</think>"], special=frozenset(ids.values()))
+
+
 def ensure_builtin(folder: Path) -> Path:
     """Write the built-in tiny model into `folder` unless a complete, current copy is there (a few seconds)."""
-    done = (folder / "model.safetensors.index.json").exists() and (folder / "tokenizer.json").exists()
-    if done and json.loads((folder / "config.json").read_text()) == json.loads(json.dumps(root_config(builtin_args()))):
+    stamp = {"builtin_version": BUILTIN_VERSION, "config": root_config(builtin_args())}
+    marker = folder / "v4-builtin.json"
+    files = [marker, folder / "model.safetensors.index.json", folder / "tokenizer.json"]
+    if all(f.exists() for f in files) and json.loads(marker.read_text()) == json.loads(json.dumps(stamp)):
         return folder
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    write_checkpoint(tmp, builtin_args(), seed=0)
+    write_checkpoint(tmp, builtin_args(), seed=0, turn_ends=builtin_turn_ends())
+    (tmp / "v4-builtin.json").write_text(json.dumps(stamp, indent=2) + "\n")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)  # atomic: an interrupted write never leaves a half model under the real name
     return folder
@@ -104,11 +118,55 @@ def hf_config(args: ModelArgs) -> dict[str, Any]:
     return cfg
 
 
-def random_tensors(args: ModelArgs, seed: int = 0) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class TurnEnds:
+    """A habit of ending turns, written into otherwise random weights (the built-in model's).
+
+    A random model never samples EOS or `</think>`, so every answer ran to max_tokens, which agents
+    such as Claude Code treat as an error. Three residual channels that no block writes to (mHC's
+    stream mixing keeps them as they are) carry the current token's class to the head: `bias` is on
+    for every token and lowers the logits of two trigger sets of ordinary tokens, so sampling picks
+    one now and then while greedy decoding, whose argmax is never in them, never stops early; after
+    a token of the `end` set the head's EOS row fires, after one of the `close` set its `</think>` row.
+    At temperature 1 a turn ends after some tens of tokens, and most thinking closes before that.
+    """
+
+    eos: int  # the token ids of EOS and `</think>`
+    think_end: int
+    special: frozenset[int]  # ids that are never triggers (the tokenizer's added tokens)
+    end_share: float = 0.3  # fraction of the ordinary tokens in the end / close sets
+    close_share: float = 0.4
+    level: float = 16.0  # the channels' value in the embedding
+    lower: float = -0.6  # head weight on `bias` for the trigger sets
+    fire: float = 2.2  # head weight of EOS / `</think>` on their channel
+
+    @staticmethod
+    def channels(dim: int) -> list[int]:
+        return [dim - 3, dim - 2, dim - 1]  # bias, end, close
+
+    def apply(self, out: dict[str, torch.Tensor], dim: int, gen: torch.Generator) -> None:
+        bias, end, close = self.channels(dim)
+        emb, head = out["embed.weight"].float(), out["head.weight"].float()
+        plain = torch.tensor([i for i in range(emb.shape[0]) if i not in self.special])
+        plain = plain[torch.randperm(len(plain), generator=gen)]
+        n_end, n_close = int(self.end_share * len(plain)), int(self.close_share * len(plain))
+        ends, closes = plain[:n_end], plain[n_end : n_end + n_close]
+        emb[:, self.channels(dim)] = head[:, self.channels(dim)] = 0.0
+        emb[:, bias] = self.level
+        emb[ends, end] = emb[closes, close] = self.level
+        head[ends, bias] = head[closes, bias] = self.lower
+        head[self.eos, end] = head[self.think_end, close] = self.fire
+        out["embed.weight"] = emb.to(out["embed.weight"].dtype)
+        out["head.weight"] = head.to(out["head.weight"].dtype)
+
+
+def random_tensors(args: ModelArgs, seed: int = 0, turn_ends: TurnEnds | None = None) -> dict[str, torch.Tensor]:
     """Every official tensor of `args` with random, well-scaled values, quantized as the config says."""
     with torch.device("meta"):
         model = Transformer(args, simulate_quant=False)
     gen = torch.Generator().manual_seed(seed)
+    # the blocks' residual writers leave the turn-end channels alone (they pass through mHC unchanged)
+    quiet = TurnEnds.channels(args.hidden_size) if turn_ends else []
 
     def randn(*shape: int, std: float = 1.0) -> torch.Tensor:
         return torch.randn(*shape, generator=gen) * std
@@ -118,6 +176,8 @@ def random_tensors(args: ModelArgs, seed: int = 0) -> dict[str, torch.Tensor]:
         if isinstance(mod, Linear):
             w = randn(mod.out_features, mod.in_features, std=mod.in_features**-0.5)
             prefix = internal_to_official(mod_name)
+            if quiet and prefix.startswith("layers.") and prefix.endswith(("wo_b", "w2")):
+                w[quiet] = 0.0
             if mod.fmt == "fp8":
                 out[prefix + ".weight"], out[prefix + ".scale"] = quant.quantize_fp8(w)
             elif mod.fmt == "fp4":
@@ -153,6 +213,8 @@ def random_tensors(args: ModelArgs, seed: int = 0) -> dict[str, torch.Tensor]:
         else:
             raise AssertionError(f"tiny.py does not know how to fill {name}")
         out[off] = t.contiguous()
+    if turn_ends:
+        turn_ends.apply(out, args.hidden_size, gen)
     return out
 
 
@@ -191,11 +253,11 @@ def tokenizer_files() -> list[Path]:
 
 
 def write_checkpoint(path: str | Path, args: ModelArgs, seed: int = 0, layout: str = "official",
-                     n_shards: int = 3, tokenizer: bool = True) -> Path:
+                     n_shards: int = 3, tokenizer: bool = True, turn_ends: TurnEnds | None = None) -> Path:
     """Write a random checkpoint for `args` to `path` (created) and return it."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tensors = random_tensors(args, seed)
+    tensors = random_tensors(args, seed, turn_ends)
     if layout == "hf":
         tensors, config = to_hf_tensors(tensors, args), hf_config(args)
     elif layout == "official":
