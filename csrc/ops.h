@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <tuple>
 
 namespace v4cli {
@@ -13,9 +14,28 @@ namespace v4cli {
 at::Tensor fp8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale, bool act_quant);
 at::Tensor fp4_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale, bool act_quant);
 
-// y[M, N] = x[M, K] @ W[N, K]^T for float32 or bfloat16 x and W (same dtype; float32 sums, output in that
-// dtype). Each output is summed in one fixed order, so a row's result does not depend on the other rows.
+// y[M, N] = x[M, K] @ W[N, K]^T for float32 or bfloat16 x and W (float32 sums, output in x's dtype; x and W
+// of one dtype, or float32 x with a bfloat16 W, widened exactly). Each output is summed in one fixed order,
+// so a row's result does not depend on the other rows.
 at::Tensor dense_linear_cpu(const at::Tensor& x, const at::Tensor& weight);
+
+// The routed experts' SwiGLU step (see ops_ref.moe_experts): x float32 [T, D] holding the model's values
+// (`bf16`: round between steps as a bfloat16 model does), picks/weights [T, k], per-expert weight lists in
+// their own formats (e4m3, packed e2m1, or float with an empty scale). Float32 [T, D] out.
+at::Tensor moe_experts_cpu(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& picks, at::TensorList w1,
+                           at::TensorList s1, at::TensorList w3, at::TensorList s3, at::TensorList w2,
+                           at::TensorList s2, double limit, bool act_quant, bool bf16);
+
+// Shared-KV attention with a per-head sink (see ops_ref.sparse_attention): q [S, H, D], kv [T, D] and dense [N, D]
+// float32 or bfloat16, sink float32 [H], idx int64 [S, K] (negative = skip), limit int64 [S] (dense j < limit[s]).
+// Float32 sums, online softmax; output in q's dtype. A row's result does not depend on the other rows.
+at::Tensor sparse_attention_cpu(const at::Tensor& q, const at::Tensor& kv, const at::Tensor& sink,
+                                const at::Tensor& idx, double softmax_scale, const std::optional<at::Tensor>& dense,
+                                const std::optional<at::Tensor>& limit);
+
+// Lightning-indexer scores sum_h w[s,h] relu(q[s,h] . k[t]), float32 [S, T]: q [S, H, D] and keys [T, D] float32
+// or bfloat16, weights float32 [S, H]. For bfloat16 q the products and the result round to bfloat16 as the twin's.
+at::Tensor indexer_scores_cpu(const at::Tensor& q, const at::Tensor& weights, const at::Tensor& keys);
 
 // mHC weights from the mixing logits [T, (2+n)n]: pre [T, n], post [T, n], comb [T, n, n] (Sinkhorn).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hc_sinkhorn_cpu(const at::Tensor& mixes, const at::Tensor& scale,

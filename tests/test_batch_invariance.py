@@ -13,8 +13,7 @@ import shutil
 import pytest
 import torch
 
-from v4cli.runtime import Engine, SamplingParams, SeqState, kernels, load_model
-from v4cli.runtime.model import pointwise
+from v4cli.runtime import Engine, SamplingParams, SeqState, kernels, load_model, pointwise
 
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                                 reason="no C++ compiler on PATH")
@@ -32,10 +31,10 @@ def _tokens(events) -> tuple[list[int], list[float]]:
     return [e.token_id for e in events if e.token_id >= 0], [e.logprob.logprob for e in events if e.logprob]
 
 
-def test_requests_in_company_generate_what_they_generate_alone(built, ckpt_dir):
-    engine = Engine.from_pretrained(ckpt_dir("flash"), max_context=256, max_batch=16, chunk_size=32)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_requests_in_company_generate_what_they_generate_alone(built, ckpt_dir, dtype):
+    engine = Engine.from_pretrained(ckpt_dir("flash"), dtype=dtype, max_context=256, max_batch=16, chunk_size=32)
     assert engine.kernels.startswith("C++ CPU kernels") and engine.model.simulate_quant
-    assert engine.model.dtype == torch.float32
     params = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True, logprobs=0)
     prompts = [_prompt(n, seed=i) for i, n in enumerate(LENGTHS)]
     alone = [_tokens(list(engine.stream(p, params))) for p in prompts]

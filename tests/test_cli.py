@@ -261,6 +261,11 @@ def test_ask_says_when_the_kernels_cannot_be_built(env: Path, tmp_path: Path) ->
            "hi"]
     environ = {**os.environ, "V4_KERNELS": "1", "V4_KERNEL_CACHE": str(tmp_path / "kernels"),
                "CXX": str(tmp_path / "no-such-c++"), "COLUMNS": "400"}
+    # the lock file a killed build leaves behind: torch's loader alone would wait on it forever
+    from v4cli.runtime import kernels
+
+    (tmp_path / "kernels" / kernels.build_key()).mkdir(parents=True)
+    (tmp_path / "kernels" / kernels.build_key() / "lock").touch()
     first = subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
     assert "building the C++ CPU kernels" in first.stderr

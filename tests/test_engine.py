@@ -159,8 +159,8 @@ def test_scheduler_admits_by_reserved_state_bytes():
 def test_engine_admission_is_limited_by_memory(engine):
     from v4cli.runtime.plan import MemoryPlanError, state_bytes
 
-    one = state_bytes(engine.args, 30 + 4, dtype_bytes=4)
-    tight = Engine(engine.model, engine.tokenizer, max_context=400, chunk_size=16, state_budget=int(one * 1.5))
+    one = state_bytes(engine.args, 30 + 4, dtype_bytes=engine.model.dtype.itemsize)
+    tight = Engine(engine.model, engine.tokenizer, max_context=400, chunk_size=16, state_budget=int(one * 1.2))
     p = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
     prompts = [_prompt(30, seed=20), _prompt(30, seed=21)]
     ids = [tight.add_request(pr, p) for pr in prompts]

@@ -37,7 +37,7 @@ def test_install_routes_the_linear_ops(built):
     assert ops.backend("fp4_linear") == kernels.__name__
     assert ops.backend("dense_linear") == kernels.__name__
     assert ops.backend("hc_sinkhorn") == kernels.__name__
-    assert ops.backend("sparse_attention") == "torch"
+    assert ops.backend("hadamard") == "torch"  # no kernel: the twin
 
 
 def _one_hot_columns(k: int):
@@ -124,6 +124,21 @@ def test_dense_linear_matches_twin(built, dtype):
     assert kernels.dense_linear(torch.randn(0, 40), weight).shape == (0, 24)
 
 
+def test_bfloat16_head_gives_the_float32_upcast_logits(built):
+    """The head stays BF16 as stored; with float32 inputs its logits are float32 and equal, bit for bit, the
+    kernel's product with the weight widened to float32 first (widening is exact, the sums run in the same
+    order), and the twin's float32 product to float32 rounding."""
+    g = torch.Generator().manual_seed(11)
+    weight = (torch.randn(3001, 256, generator=g) * 256**-0.5).bfloat16()
+    for rows in (1, 2, 5, 33):
+        x = torch.randn(rows, 256, generator=g)
+        got = kernels.dense_linear(x, weight)
+        assert got.dtype == torch.float32
+        assert torch.equal(got, kernels.dense_linear(x, weight.float()))
+        _close(got, x @ weight.float().t(), 1e-5)
+        assert torch.equal(ops_ref.dense_linear(x, weight), torch.nn.functional.linear(x, weight.float()))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n,k", [(129, 300), (24, 1024), (8, 256), (1031, 64)])
 def test_dense_linear_rows_do_not_depend_on_the_other_rows(built, dtype, n, k):
@@ -187,8 +202,8 @@ def test_bad_shapes_are_refused_with_a_message(built):
         torch.ops.v4cli.fp4_linear(torch.randn(1, 96), packed, s4.view(torch.uint8)[:32], False)
     with pytest.raises(RuntimeError, match="x has 10 inputs, the weight 12"):
         torch.ops.v4cli.dense_linear(torch.randn(3, 10), torch.randn(5, 12))
-    with pytest.raises(RuntimeError, match="of the weight's dtype"):
-        torch.ops.v4cli.dense_linear(torch.randn(3, 12), torch.randn(5, 12).bfloat16())
+    with pytest.raises(RuntimeError, match="of the weight's dtype or float32"):
+        torch.ops.v4cli.dense_linear(torch.randn(3, 12).bfloat16(), torch.randn(5, 12))
     with pytest.raises(RuntimeError, match="float32 or bfloat16"):
         torch.ops.v4cli.dense_linear(torch.randn(3, 12).half(), torch.randn(5, 12).half())
 
@@ -197,11 +212,12 @@ def test_engine_uses_the_kernels_and_decodes_as_the_twins(built, ckpt_dir, monke
     path = ckpt_dir("flash")
     prompt = torch.randint(0, 1024, (40,), generator=torch.Generator().manual_seed(5)).tolist()
     params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, logprobs=0)
-    fast = Engine.from_pretrained(path, max_context=128, max_batch=2, simulate_quant=False)
+    # float32: only summation order differs (in BF16 an ulp there can flip a rounding and a later token)
+    fast = Engine.from_pretrained(path, dtype=torch.float32, max_context=128, max_batch=2, simulate_quant=False)
     assert fast.kernels.startswith("C++ CPU kernels")
     got = fast.generate(prompt, params)
     monkeypatch.setenv("V4_KERNELS", "0")
-    ref = Engine.from_pretrained(path, max_context=128, max_batch=2, simulate_quant=False)
+    ref = Engine.from_pretrained(path, dtype=torch.float32, max_context=128, max_batch=2, simulate_quant=False)
     assert ref.kernels == "PyTorch reference ops (V4_KERNELS=0)" and ops.backend("fp8_linear") == "torch"
     want = ref.generate(prompt, params)
     assert got.token_ids == want.token_ids
@@ -240,3 +256,125 @@ def test_hc_sinkhorn_matches_twin(built, tokens):
     assert torch.allclose(got[2].sum(-2), torch.ones(tokens, n), atol=1e-4)  # columns balanced last
     with pytest.raises(RuntimeError, match="mixes must be"):
         torch.ops.v4cli.hc_sinkhorn(mixes[:, :10], scale, base, n, 20, eps)
+
+
+# ---- the FP8/FP4 row kernel's SIMD paths (csrc/cpu/simd.h): fused (few rows), buffered (more), every decode ----
+
+
+def test_fp8_simd_decode_is_exact_for_checkpoint_scales(built):
+    """Scales a checkpoint has (the test above takes the scalar decode for its extreme ones): every e4m3 byte,
+    through the few-row path (decoded into registers) and the many-row one (through the L1 buffer)."""
+    bytes_ = (torch.arange(256).repeat(256, 1) + torch.arange(256).unsqueeze(1)) % 256
+    bytes_[(bytes_ & 0x7F) == 0x7F] = 0
+    weight = bytes_.to(torch.uint8).view(torch.float8_e4m3fn)
+    scale = torch.tensor([[100, 127], [150, 190]], dtype=torch.uint8).view(torch.float8_e8m0fnu)
+    for i, x in enumerate(_one_hot_columns(256)):
+        assert torch.equal(kernels.fp8_linear(x, weight, scale, False), ops_ref.fp8_linear(x, weight, scale, False))
+        rows = x[i % 16 : i % 16 + 3]  # 3 rows: the fused path
+        want = ops_ref.fp8_linear(rows, weight, scale, False)
+        assert torch.equal(kernels.fp8_linear(rows, weight, scale, False), want)
+
+
+def test_fp4_few_rows_decode_exactly(built):
+    k = 512
+    packed = ((torch.arange(256).repeat(64, 1) + torch.arange(64).unsqueeze(1)) % 256).to(torch.uint8).view(torch.int8)
+    scale = torch.randint(0, 253, (64, k // 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    scale[0, :3] = torch.tensor([0, 1, 252], dtype=torch.uint8)  # 2^-127, 2^-126, 2^125 (6 * 2^125 is finite)
+    scale = scale.view(torch.float8_e8m0fnu)
+    for i, x in enumerate(_one_hot_columns(k)):
+        row = x[i % 16 : i % 16 + 1]
+        assert torch.equal(kernels.fp4_linear(row, packed, scale, False), ops_ref.fp4_linear(row, packed, scale, False))
+
+
+@pytest.mark.parametrize("rows", [1, 3, 7, 20])
+def test_fp8_nan_codes_give_nan_outputs_in_every_path(built, rows):
+    w = torch.zeros(130, 200, dtype=torch.uint8)
+    w[:, :] = 0x38  # 1.0
+    w[5, 17], w[9, 199], w[129, 64] = 0x7F, 0xFF, 0x7F
+    scale = torch.full((2, 2), 127, dtype=torch.uint8).view(torch.float8_e8m0fnu)
+    x = torch.randn(rows, 200, generator=torch.Generator().manual_seed(rows))
+    got = kernels.fp8_linear(x, w.view(torch.float8_e4m3fn), scale, False)
+    assert got.isnan().nonzero()[:, 1].unique().tolist() == [5, 9, 129]
+    assert got.isnan().sum().item() == 3 * rows
+    ok = torch.ones(130, dtype=torch.bool)
+    ok[[5, 9, 129]] = False
+    _close(got[:, ok], ops_ref.fp8_linear(x, w.view(torch.float8_e4m3fn), scale, False)[:, ok], 1e-5)
+
+
+def test_fp8_extreme_scales_match_the_twin(built):
+    """Scale bytes outside [64, 191] (2^-63 .. 2^64) take the scalar decode for the whole call."""
+    weight, _ = _fp8(256, 384, seed=5)
+    scale = torch.tensor([[250, 127, 10], [127, 200, 127]], dtype=torch.uint8).view(torch.float8_e8m0fnu)
+    x = torch.randn(4, 384, generator=torch.Generator().manual_seed(5)) * 1e-3
+    want = ops_ref.fp8_linear(x, weight, scale, False)
+    got = kernels.fp8_linear(x, weight, scale, False)
+    assert torch.equal(torch.isfinite(got), torch.isfinite(want))
+    fin = torch.isfinite(want)
+    assert ((got - want).abs()[fin] <= 1e-5 * want.abs()[fin].max()).all()
+
+
+@pytest.mark.parametrize("fmt,n,k", [("fp8", 130, 200), ("fp8", 64, 1088), ("fp4", 77, 96), ("fp4", 45, 2080)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_kernel_rows_do_not_depend_on_the_other_rows_ragged(built, fmt, n, k, dtype):
+    """Ragged shapes (K not a multiple of the 64-input group or of the 512-input span, N not of the 4-row tile)
+    and both input dtypes: every row count up to 32 crosses from the fused path to the buffered one."""
+    weight, scale = _fp8(n, k, seed=n + k) if fmt == "fp8" else _fp4(n, k, seed=n + k)
+    op = kernels.fp8_linear if fmt == "fp8" else kernels.fp4_linear
+    x = torch.randn(kernels.ROW_KERNEL_MAX, k, generator=torch.Generator().manual_seed(k)).to(dtype)
+    for act_quant in (False, True):
+        alone = torch.cat([op(x[i : i + 1], weight, scale, act_quant) for i in range(len(x))])
+        assert alone.dtype == dtype
+        for rows in range(2, kernels.ROW_KERNEL_MAX + 1):
+            assert torch.equal(op(x[:rows], weight, scale, act_quant), alone[:rows]), (rows, act_quant)
+        ref = (ops_ref.fp8_linear if fmt == "fp8" else ops_ref.fp4_linear)(x, weight, scale, act_quant)
+        _close(alone, ref, 1e-5 if dtype == torch.float32 else 1e-2)
+
+
+def test_fp4_results_do_not_depend_on_the_thread_count(built):
+    packed, scale = _fp4(2048, 1024, seed=3)
+    threads = torch.get_num_threads()
+    for rows in (1, 4, 20):
+        x = torch.randn(rows, 1024, generator=torch.Generator().manual_seed(rows))
+        try:
+            torch.set_num_threads(1)
+            one = kernels.fp4_linear(x, packed, scale, True)
+            torch.set_num_threads(max(threads, 2))
+            two = kernels.fp4_linear(x, packed, scale, True)
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(one, two)
+
+
+def test_bfloat16_input_goes_in_as_it_is(built):
+    """The kernels take bfloat16 rows directly (widened exactly) and return bfloat16, as the float32 path rounded."""
+    weight, scale = _fp8(256, 384, seed=8)
+    packed, s4 = _fp4(96, 256, seed=8)
+    for rows in (1, 5, 40):  # the row kernel and the GEMM past it
+        x8 = torch.randn(rows, 384, generator=torch.Generator().manual_seed(rows)).bfloat16()
+        x4 = torch.randn(rows, 256, generator=torch.Generator().manual_seed(rows)).bfloat16()
+        for aq in (False, True):
+            s8, s4b = scale.view(torch.uint8), s4.view(torch.uint8)
+            y = torch.ops.v4cli.fp8_linear(x8, weight, s8, aq)
+            assert y.dtype == torch.bfloat16
+            assert torch.equal(y, torch.ops.v4cli.fp8_linear(x8.float(), weight, s8, aq).bfloat16())
+            y = torch.ops.v4cli.fp4_linear(x4, packed, s4b, aq)
+            assert torch.equal(y, torch.ops.v4cli.fp4_linear(x4.float(), packed, s4b, aq).bfloat16())
+    x = torch.randn(3, 384).half()  # other dtypes are widened in Python, and come back in their dtype
+    y = kernels.fp8_linear(x, weight, scale, True)
+    assert y.dtype == torch.float16
+    _close(y, ops_ref.fp8_linear(x, weight, scale, True), 1e-2)
+
+
+def test_input_rounding_is_the_twins_on_many_values(built):
+    """The SIMD rounding (16 or 8 lanes at once; the scalar tail rounds through c10) against the twin, through an
+    identity weight: random float32 bit patterns in every block, blocks of every scale, halfway cases."""
+    eye, one = quant.quantize_fp8(torch.eye(128))
+    g = torch.Generator().manual_seed(9)
+    for _ in range(8):
+        bits = torch.randint(0, 2**31 - 1, (32, 128), generator=g, dtype=torch.int64)
+        x = (bits.to(torch.int32) & 0x43FFFFFF).view(torch.float32)  # |x| < 512, any mantissa, tiny to large
+        x = x * torch.where(torch.rand(32, 128, generator=g) < 0.5, -1.0, 1.0)
+        x = x * torch.exp2(torch.randint(-40, 40, (32, 1), generator=g).float())
+        x[:4, 0] = 448.0  # scale 1: the e4m3 grid itself
+        x[4:8] = torch.linspace(-448, 448, 128) + 0.5 * (torch.arange(128) % 2)
+        assert torch.equal(kernels.fp8_linear(x, eye, one, True), quant.act_quant(x))

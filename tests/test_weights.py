@@ -135,9 +135,26 @@ def test_loaded_weights_stay_in_stored_precision(ckpt_dir):
     assert m.layers[0].attn.wq_a.scale.dtype == torch.float8_e8m0fnu
     assert m.layers[0].ffn.experts[3].w2.weight.dtype == torch.int8
     assert m.layers[0].ffn.gate.tid2eid.dtype == torch.long
-    assert m.embed.weight.dtype == torch.bfloat16 and m.head.weight.dtype == torch.float32
+    assert m.embed.weight.dtype == torch.bfloat16 and m.head.weight.dtype == torch.bfloat16
     assert not any(b.is_meta for b in m.buffers())
     assert m.logits([1, 2, 3]).dtype == torch.float32
+    # a float32 model does not widen them either: a row per token, and the head sums in FP32 anyway
+    wide = load_model(ckpt_dir("flash"), dtype=torch.float32)
+    assert wide.embed.weight.dtype == torch.bfloat16 and wide.head.weight.dtype == torch.bfloat16
+    assert wide.layers[0].attn_norm.weight.dtype == torch.float32
+
+
+def test_a_float32_export_keeps_its_float32_head(ckpt_dir, tmp_path):
+    from v4cli.runtime.tiny import random_tensors, root_config, tiny_args, write_shards
+
+    args = tiny_args("flash")
+    tensors = random_tensors(args, seed=0)
+    tensors["head.weight"] = tensors["head.weight"].float() + 1e-4  # values BF16 cannot hold
+    write_shards(tmp_path, tensors, 2)
+    (tmp_path / "config.json").write_text(__import__("json").dumps(root_config(args)))
+    m = load_model(tmp_path, dtype=torch.bfloat16)
+    assert m.head.weight.dtype == torch.float32 and torch.equal(m.head.weight, tensors["head.weight"])
+    assert m.embed.weight.dtype == torch.bfloat16
 
 
 def test_name_table_matches_transformers_names():

@@ -1,5 +1,7 @@
 // Dense linear layers (float32 or bfloat16 weights) whose result for an input row does not depend on the
 // other rows: the output head, the mHC mixing products, the router, the float compressor projections.
+// The head keeps its stored bfloat16 weight and gets float32 inputs and logits: widening is exact, so
+// its logits are those of the float32 upcast product, at half the bytes read per token.
 //
 // torch.mm is not row-invariant on the CPU: BLAS picks a GEMV for one row and differently blocked GEMMs
 // for more, so row i of an M-row product changes with M (bitwise, by an ulp or two). With the model's
@@ -199,8 +201,8 @@ void any_tile(int rm, int rn, const TX* x, int64_t ldx, const TW* w, int64_t ldw
 // Tasks are (block of input rows, block of weight rows); which task or thread computes an output, and
 // whether a bfloat16 weight is widened on the fly or first into a buffer (exact either way), changes
 // nothing in how it is summed.
-template <typename TX, typename T>
-void dense_rows(const TX* x, const T* w, T* y, int64_t m_rows, int64_t n_out, int64_t k) {
+template <typename TX, typename T, typename TY>
+void dense_rows(const TX* x, const T* w, TY* y, int64_t m_rows, int64_t n_out, int64_t k) {
   const int64_t row_blocks = (m_rows + kBlockRows - 1) / kBlockRows;
   const int64_t col_blocks = (n_out + kBlockCols - 1) / kBlockCols;
   // Enough tasks per thread that a task is worth its scheduling: ~32K multiply-adds at the least.
@@ -239,13 +241,17 @@ at::Tensor dense_linear_cpu(const at::Tensor& x, const at::Tensor& weight) {
   TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() &&
                   (weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kBFloat16),
               "dense_linear: weight must be a contiguous float32 or bfloat16 [N, K] tensor");
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == weight.scalar_type(),
-              "dense_linear: x must be a contiguous [M, K] tensor of the weight's dtype");
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() &&
+                  (x.scalar_type() == weight.scalar_type() || x.scalar_type() == at::kFloat),
+              "dense_linear: x must be a contiguous [M, K] tensor of the weight's dtype or float32");
   const int64_t m_rows = x.size(0), k = x.size(1), n_out = weight.size(0);
   TORCH_CHECK(k == weight.size(1), "dense_linear: x has ", k, " inputs, the weight ", weight.size(1));
   at::Tensor y = at::empty({m_rows, n_out}, x.options());
   if (m_rows == 0 || n_out == 0) return y;
-  if (weight.scalar_type() == at::kFloat) {
+  if (x.scalar_type() == at::kFloat && weight.scalar_type() == at::kBFloat16) {  // the head: logits in float32
+    dense_rows(x.data_ptr<float>(), static_cast<const uint16_t*>(weight.data_ptr()), y.data_ptr<float>(), m_rows,
+               n_out, k);
+  } else if (weight.scalar_type() == at::kFloat) {
     dense_rows(x.data_ptr<float>(), weight.data_ptr<float>(), y.data_ptr<float>(), m_rows, n_out, k);
   } else {
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)

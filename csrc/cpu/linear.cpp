@@ -1,159 +1,152 @@
 // FP8 and FP4 linear layers on the CPU, for decode (a few input rows) and for prefill.
 //
-// The PyTorch twin dequantizes the whole weight to float32 and multiplies; for one row of input that
-// writes and re-reads four times the weight's bytes. Here each row of W is decoded span by span into
-// an L1 buffer and used at once by every input row, so W is read once, in its stored form. Decoded
-// values equal the twin's exactly (e4m3/e2m1 times a power of two is exact in float32); only the order
-// of summation differs.
+// The PyTorch twin dequantizes the whole weight to float32 and multiplies; for one row of input that writes and
+// re-reads four times the weight's bytes. Here W is read once, in its stored form, near the memory bandwidth: each
+// row of W is decoded with SIMD (simd.h: e4m3 through a bfloat16 byte table or the half-precision conversion, e2m1
+// through a 16-entry register table already multiplied by its block's scale) and multiplied with the input rows
+// while in registers (up to 6 input rows: one sequential stream through W) or, past that, from an L1 buffer that
+// 4 rows of W share. An FP8 scale covers 128 rows of W, so it multiplies the input instead of every weight.
+// Decoded values equal the twin's exactly (e4m3/e2m1 times a power of two is exact in float32); only the order of
+// summation differs.
+//
+// Row invariance: each output y[m, n] has its own accumulators (kAccs vectors of kLanes) that run over K in one
+// order (64-input groups in a fixed lane order, vector j into accumulator j % kAccs, then a fixed tree), whatever
+// the number of input rows, which of the two paths computes it, or how the rows of W are split across threads.
+// The order depends on K and the build only.
 
 #include <ATen/Parallel.h>
-#include <c10/util/Float8_e4m3fn.h>
+#include <ATen/TensorIterator.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "../ops.h"
+#include "parallel.h"
+#include "simd.h"
 
 namespace v4cli {
 namespace {
 
-constexpr int64_t kFp8Tile = 128;  // FP8 scales cover 128x128 tiles
-constexpr int64_t kFp4Block = 32;  // FP4 scales cover 32 inputs of one row
-constexpr int64_t kSpan = 1024;    // weights decoded at a time (4 KiB of float32: stays in L1)
-constexpr int64_t kLanes = 16;     // independent partial sums: one AVX-512 register, two AVX2 ones
-constexpr int64_t kActBlock = 128; // the input rounding's block along K
-// Past this many input rows dequantize-then-GEMM is faster than the row kernel (measured on 2 cores:
-// at 32 rows the row kernel is 1.6-2.4x faster, at 64 rows 0.8-1.5x, at 128 rows 0.3-1.1x).
+using namespace simd;
+
+// Past this many input rows dequantize-then-GEMM is faster than the row kernel (mirrored as
+// kernels.ROW_KERNEL_MAX; the engine batches decode rows up to it for row invariance).
 constexpr int64_t kRowKernelMax = 32;
-constexpr float kFp8Max = 448.f;
 
-inline float from_bits(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-// UE8M0: 2^(b - 127); 255 is NaN as in torch.float8_e8m0fnu; 0 is the subnormal 2^-127.
-inline float e8m0(uint8_t b) {
-  if (b == 255) return NAN;
-  return b ? from_bits(uint32_t(b) << 23) : 0x1p-127f;
-}
-
-inline uint32_t to_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-}
-
-// The two decoders below use integer operations and one exact subtraction, no branches or selects, so
-// the compiler vectorises the decode loops. A subnormal code is decoded as the normal code one exponent
-// up with the same mantissa, minus that exponent's implicit one.
-
-// e4m3fn: sign, 4 exponent bits (bias 7), 3 mantissa bits; exponent 0 is subnormal (m * 2^-9);
-// 0x7F and 0xFF are NaN (a corrupt weight must not pass as 480).
-inline float e4m3(uint8_t b) {
-  const uint32_t em = b & 0x7F;
-  const uint32_t sub = (em & 0x78) == 0;
-  const uint32_t nan = (em == 0x7F) * 0x7FC00000u;
-  const float v = from_bits(((em | (sub << 3)) << 20) + (120u << 23)) - from_bits(sub * to_bits(0x1p-6f));
-  return from_bits(to_bits(v) | nan | (uint32_t(b & 0x80) << 24));
-}
-
-// e2m1 nibble: sign in bit 3, 2 exponent bits (bias 1), 1 mantissa bit; exponent 0 is subnormal (m * 0.5).
-inline float e2m1(uint32_t c) {
-  const uint32_t em = c & 7;
-  const uint32_t sub = (em & 6) == 0;
-  const float v = from_bits(((em | (sub << 1)) << 22) + (126u << 23)) - from_bits(sub * to_bits(1.0f));
-  return from_bits(to_bits(v) | ((c & 8) << 28));
-}
-
-inline float dot(const float* a, const float* b, int64_t n) {
-  float part[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int64_t j = 0; j < kLanes; ++j) part[j] += a[i + j] * b[i + j];
-  float s = 0.f;
-  for (; i < n; ++i) s += a[i] * b[i];
-  for (int64_t j = 0; j < kLanes; ++j) s += part[j];
-  return s;
-}
-
-// 2^ceil(log2(v)) for v > 0, exactly (frexp, not a rounded log2): the reference's UE8M0 scale.
-inline float pow2_ceil(float v) {
-  int e;
-  const float mant = std::frexp(v, &e);  // v = mant * 2^e, mant in [0.5, 1)
-  return std::ldexp(1.f, mant == 0.5f ? e - 1 : e);
-}
-
-// The reference's rounding of an FP8 GEMM input: each 1x128 block along K (a shorter block at the end)
-// scaled by 2^ceil(log2(max(amax, 1e-4) / 448)), rounded to e4m3 (nearest even, saturating), scaled back.
-void act_quant_rows(const float* x, float* out, int64_t m_rows, int64_t k) {
+// The input rows as float32 (from float32 or bfloat16, exactly), rounded as the reference's GEMM input with
+// act_quant, zero-padded to kp inputs and permuted within each group as the decoded weights are.
+at::Tensor prepare_input(const at::Tensor& x, bool act_quant, int64_t kp, const int* perm) {
+  const int64_t m_rows = x.size(0), k = x.size(1);
+  const at::Tensor xf = x.scalar_type() == at::kFloat ? x : x.to(at::kFloat);
+  at::Tensor out = at::empty({m_rows, kp}, x.options().dtype(at::kFloat));
+  const float* src = xf.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  bool identity = true;
+  for (int j = 0; j < kGroup; ++j) identity &= perm[j] == j;
+  std::vector<float> row(act_quant ? k : 0);
   for (int64_t m = 0; m < m_rows; ++m) {
-    for (int64_t k0 = 0; k0 < k; k0 += kActBlock) {
-      const float* xb = x + m * k + k0;
-      float* ob = out + m * k + k0;
-      const int64_t len = std::min(kActBlock, k - k0);
-      float amax = 0.f;
-      for (int64_t j = 0; j < len; ++j) amax = std::max(amax, std::abs(xb[j]));
-      const float s = pow2_ceil(std::max(amax, 1e-4f) / kFp8Max);
-      for (int64_t j = 0; j < len; ++j) {
-        const float v = std::min(std::max(xb[j] / s, -kFp8Max), kFp8Max);
-        ob[j] = static_cast<float>(c10::Float8_e4m3fn(v)) * s;
-      }
+    const float* xr = src + m * k;
+    if (act_quant) {
+      act_quant_row(xr, row.data(), k);
+      xr = row.data();
     }
+    float* o = dst + m * kp;
+    if (identity) {
+      std::memcpy(o, xr, k * sizeof(float));
+      std::fill(o + k, o + kp, 0.f);
+      continue;
+    }
+    for (int64_t g = 0; g < kp; g += kGroup)
+      for (int j = 0; j < kGroup; ++j) {
+        const int64_t i = g + perm[j];
+        o[g + j] = i < k ? xr[i] : 0.f;
+      }
   }
+  return out;
 }
 
 void check_input(const at::Tensor& x, int64_t k, const char* op) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), op,
-              ": x must be a contiguous float32 [M, K] tensor");
+  TORCH_CHECK(x.dim() == 2 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) && x.is_contiguous(),
+              op, ": x must be a contiguous float32 or bfloat16 [M, K] tensor");
   TORCH_CHECK(x.size(1) == k, op, ": x has ", x.size(1), " inputs, the weight ", k);
 }
 
-// y = x W^T where `decode(n, k0, len, buf)` writes row n of W, inputs [k0, k0+len), as float32.
-// Up to kRowKernelMax input rows, each span of W is decoded into L1 and dotted with every input row at once;
-// rows of W are split across threads and each output is summed in one place, so results do not depend on
-// the thread count. With more rows, one decoded copy of W serves a GEMM (the twin's dequantize-then-GEMM,
-// without its Python-level temporaries).
-template <typename Decode>
-at::Tensor rows_times_weight(const at::Tensor& x, int64_t n_out, bool act_quant, Decode decode) {
+// y = x W^T in x's dtype, W given by the format `f` (simd.h). Up to kRowKernelMax input rows, the row kernel; past
+// it one decoded copy of W serves a GEMM (the twin's dequantize-then-GEMM without its Python-level temporaries:
+// the same values, the same at::mm, bit for bit).
+template <typename F>
+at::Tensor rows_times_weight(const at::Tensor& x, int64_t n_out, bool act_quant, const F& f) {
   const int64_t m_rows = x.size(0), k = x.size(1);
-  at::Tensor xin = x;
-  if (act_quant) {
-    xin = at::empty_like(x);
-    const float* src = x.data_ptr<float>();
-    float* dst = xin.data_ptr<float>();
-    at::parallel_for(0, m_rows, 1, [&](int64_t m0, int64_t m1) {
-      act_quant_rows(src + m0 * k, dst + m0 * k, m1 - m0, k);
-    });
-  }
-  const int64_t grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(k, 1));
+  const int64_t kp = (k + kGroup - 1) / kGroup * kGroup;
+  const auto dtype = x.scalar_type();
+  if (m_rows == 0 || n_out == 0 || k == 0) return at::zeros({m_rows, n_out}, x.options());
+  int perm[kGroup];
+  F::perm(perm);
+  const int64_t tiles = (n_out + kTileRows - 1) / kTileRows;
+  auto tile_rows = [&](int64_t tile, int64_t* n) {  // the rows of W of a tile (fewer in the last one)
+    for (int64_t t = 0; t < kTileRows; ++t) n[t] = tile * kTileRows + t;
+    return std::min(kTileRows, n_out - tile * kTileRows);
+  };
   if (m_rows > kRowKernelMax) {
-    at::Tensor w = at::empty({n_out, k}, x.options());
+    at::Tensor xin = x.to(at::kFloat);
+    if (act_quant) {
+      at::Tensor q = at::empty_like(xin);
+      const float* src = xin.data_ptr<float>();
+      float* dst = q.data_ptr<float>();
+      parallel_tasks(m_rows, 1, [&](int64_t m0, int64_t m1) {
+        for (int64_t m = m0; m < m1; ++m) act_quant_row(src + m * k, dst + m * k, k);
+      });
+      xin = q;
+    }
+    at::Tensor w = at::empty({n_out, k}, xin.options());
     float* wp = w.data_ptr<float>();
-    at::parallel_for(0, n_out, grain, [&](int64_t n0, int64_t n1) {
-      for (int64_t n = n0; n < n1; ++n)
-        for (int64_t k0 = 0; k0 < k; k0 += kSpan) decode(n, k0, std::min(kSpan, k - k0), wp + n * k + k0);
-    });
-    return at::mm(xin, w.t());
-  }
-  at::Tensor out = at::empty({m_rows, n_out}, x.options());
-  const float* xp = xin.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  at::parallel_for(0, n_out, grain, [&](int64_t n0, int64_t n1) {
-    alignas(64) float buf[kSpan];
-    for (int64_t n = n0; n < n1; ++n) {
-      for (int64_t m = 0; m < m_rows; ++m) op[m * n_out + n] = 0.f;
-      for (int64_t k0 = 0; k0 < k; k0 += kSpan) {
-        const int64_t len = std::min(kSpan, k - k0);
-        decode(n, k0, len, buf);
-        for (int64_t m = 0; m < m_rows; ++m) op[m * n_out + n] += dot(buf, xp + m * k + k0, len);
+    parallel_tasks(tiles, std::max<int64_t>(1, (1 << 15) / (kp * kTileRows)), [&](int64_t t0, int64_t t1) {
+      std::vector<float> buf(kChunk);
+      int64_t n[kTileRows];
+      for (int64_t tile = t0; tile < t1; ++tile) {
+        const int64_t rows = tile_rows(tile, n);
+        for (int64_t t = 0; t < rows; ++t) {
+          const typename F::Row row = f.row(n[t]);
+          for (int64_t k0 = 0; k0 < kp; k0 += kChunk) {
+            const int64_t len = std::min(kChunk, kp - k0);
+            decode_span(f, row, k0, len, perm, buf.data());
+            for (int64_t j = 0; j < len; ++j) {  // back to the natural order, times the FP8 factor: exact
+              const int64_t i = k0 + (j / kGroup) * kGroup + perm[j % kGroup];
+              if (i < k) wp[n[t] * k + i] = buf[j] * f.weight_factor(row, i);
+            }
+          }
+        }
       }
+    });
+    return at::mm(xin, w.t()).to(dtype);
+  }
+  const at::Tensor xq = prepare_input(x, act_quant, kp, perm);
+  const float* xp = xq.data_ptr<float>();
+  at::Tensor out = at::empty({m_rows, n_out}, x.options().dtype(at::kFloat));
+  float* op = out.data_ptr<float>();
+  // at least ~64K weights a task: with 2 threads a 2 MB weight still splits, a tiny one stays on one thread
+  parallel_tasks(tiles, std::max<int64_t>(1, (1 << 16) / (kp * kTileRows)), [&](int64_t t0, int64_t t1) {
+    std::vector<float> buf(kTileRows * kChunk + kLanes);
+    float* bp = buf.data() + (kLanes - reinterpret_cast<uintptr_t>(buf.data()) / sizeof(float) % kLanes) % kLanes;
+    std::vector<float> scaled(F::kScalesInput ? m_rows * kp : 0);  // FP8: the input times its 128-row band's factors
+    const float* xs = F::kScalesInput ? scaled.data() : xp;
+    int64_t band = -1;
+    std::vector<float> acc(m_rows * kTileRows * kAccSize);
+    int64_t n[kTileRows];
+    for (int64_t tile = t0; tile < t1; ++tile) {
+      const int64_t rows = tile_rows(tile, n);
+      if (F::kScalesInput && n[0] / kFp8Tile != band) {
+        band = n[0] / kFp8Tile;
+        f.scale_input(n[0], xp, scaled.data(), m_rows, kp);
+      }
+      tile_times_rows(f, n, rows, perm, xs, m_rows, kp, acc.data(), bp);
+      for (int64_t m = 0; m < m_rows; ++m)
+        for (int64_t t = 0; t < rows; ++t) op[m * n_out + n[t]] = acc_sum(acc.data() + (m * kTileRows + t) * kAccSize);
     }
   });
-  return out;
+  return dtype == at::kFloat ? out : out.to(dtype);
 }
 
 }  // namespace
@@ -167,17 +160,9 @@ at::Tensor fp8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const a
   TORCH_CHECK(scale.dim() == 2 && scale.element_size() == 1 && scale.is_contiguous() &&
                   scale.size(0) == (n_out + kFp8Tile - 1) / kFp8Tile && scale.size(1) == tiles,
               "fp8_linear: scale must be a contiguous UE8M0 [ceil(N/128), ceil(K/128)] tensor");
-  const auto* w = static_cast<const uint8_t*>(weight.data_ptr());
   const auto* s = static_cast<const uint8_t*>(scale.data_ptr());
-  return rows_times_weight(x, n_out, act_quant, [=](int64_t n, int64_t k0, int64_t len, float* buf) {
-    const uint8_t* row = w + n * k;
-    const uint8_t* srow = s + (n / kFp8Tile) * tiles;
-    for (int64_t t = 0; t < len; t += kFp8Tile) {  // spans start on tile boundaries (kSpan % 128 == 0)
-      const float sc = e8m0(srow[(k0 + t) / kFp8Tile]);
-      const int64_t end = std::min(t + kFp8Tile, len);
-      for (int64_t j = t; j < end; ++j) buf[j] = e4m3(row[k0 + j]) * sc;
-    }
-  });
+  const Fp8 f{static_cast<const uint8_t*>(weight.data_ptr()), s, k, tiles, fp8_scales_exact_only(s, scale.numel())};
+  return rows_times_weight(x, n_out, act_quant, f);
 }
 
 at::Tensor fp4_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale, bool act_quant) {
@@ -189,20 +174,8 @@ at::Tensor fp4_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
   TORCH_CHECK(scale.dim() == 2 && scale.element_size() == 1 && scale.is_contiguous() && scale.size(0) == n_out &&
                   scale.size(1) == k / kFp4Block,
               "fp4_linear: scale must be a contiguous UE8M0 [N, K/32] tensor");
-  const auto* w = static_cast<const uint8_t*>(packed.data_ptr());
-  const auto* s = static_cast<const uint8_t*>(scale.data_ptr());
-  return rows_times_weight(x, n_out, act_quant, [=](int64_t n, int64_t k0, int64_t len, float* buf) {
-    const uint8_t* row = w + n * (k / 2);
-    const uint8_t* srow = s + n * (k / kFp4Block);
-    for (int64_t t = 0; t < len; t += kFp4Block) {  // element 2i in the low nibble, 2i+1 in the high one
-      const float sc = e8m0(srow[(k0 + t) / kFp4Block]);
-      const uint8_t* bytes = row + (k0 + t) / 2;
-      for (int64_t j = 0; j < kFp4Block / 2; ++j) {
-        buf[t + 2 * j] = e2m1(bytes[j] & 0xF) * sc;
-        buf[t + 2 * j + 1] = e2m1(bytes[j] >> 4) * sc;
-      }
-    }
-  });
+  const Fp4 f{static_cast<const uint8_t*>(packed.data_ptr()), static_cast<const uint8_t*>(scale.data_ptr()), k};
+  return rows_times_weight(x, n_out, act_quant, f);
 }
 
 }  // namespace v4cli

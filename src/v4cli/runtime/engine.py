@@ -117,11 +117,13 @@ class Engine:
         self.kernels = kernels.REFERENCE  # set by from_pretrained (kernels.install): what runs behind `ops`
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
                         max_context: int | None = None, max_batch: int = 8, chunk_size: int = 512,
                         simulate_quant: bool = True, available: int | None = None, speculative: bool = False,
                         prefix_cache_dir: Path | None = None, prefix_cache_ram: int = 1 << 30) -> Engine:
-        """`available`: bytes free for weights + decode state (default: what the device has free now).
+        """`dtype`: the activations' and decode state's (BF16 as the reference; FP32 doubles the state's bytes
+        and on the CPU decodes no faster). `available`: bytes free for weights + decode state (default: what
+        the device has free now).
         `speculative`: draft with the MTP block. `prefix_cache_dir`: keep prefix snapshots on disk too."""
         # Refuse before reading any weight when weights + decode state cannot fit (MemoryPlanError).
         mem = plan_checkpoint(path, max_context, max_batch, dtype.itemsize, available, device)

@@ -7,10 +7,12 @@ sources or a working build, the PyTorch twins keep running and `install()` says 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -18,8 +20,8 @@ import torch
 from . import ops, ops_ref
 
 CSRC = Path(__file__).resolve().parents[3] / "csrc"
-SOURCES = ("registration.cpp", "cpu/linear.cpp", "cpu/dense.cpp", "cpu/hc.cpp")
-HEADERS = ("ops.h",)
+SOURCES = ("registration.cpp", "cpu/linear.cpp", "cpu/dense.cpp", "cpu/hc.cpp", "cpu/moe.cpp", "cpu/attention.cpp")
+HEADERS = ("ops.h", "cpu/simd.h", "cpu/parallel.h")
 # Tuned for the CPU that builds it (the cache key includes its features). Clang on arm64 wants -mcpu.
 CFLAGS = ("-O3", "-mcpu=native" if platform.machine().lower() in ("arm64", "aarch64") else "-march=native")
 
@@ -92,14 +94,35 @@ def _build() -> None:
     log = logging.getLogger(cpp_extension.__name__)
     level, log.level = log.level, logging.ERROR  # its compiler warnings would land in the user's terminal
     try:
-        cpp_extension.load(name="v4cli_cpu", sources=[str(CSRC / s) for s in SOURCES], extra_cflags=list(CFLAGS),
-                           build_directory=str(out), is_python_module=False, verbose=False)
+        with _build_lock(out):
+            cpp_extension.load(name="v4cli_cpu", sources=[str(CSRC / s) for s in SOURCES],
+                               extra_cflags=list(CFLAGS), build_directory=str(out), is_python_module=False,
+                               verbose=False)
     except Exception as e:
         failed.write_text(f"{type(e).__name__}: {e}\n")
         line = _first_line(e)
         raise RuntimeError(f"{line if len(line) <= 100 else 'the build failed'}, see {failed}") from None
     finally:
         log.setLevel(level)
+
+
+@contextlib.contextmanager
+def _build_lock(out: Path) -> Iterator[None]:
+    """One build of a folder at a time, by an OS lock that dies with its holder.
+
+    torch's own lock is a plain file: a build killed midway (Ctrl-C twice, the OOM killer) leaves it behind
+    and every later start waits on it forever. Holding this lock, any such file is stale (every live builder
+    holds this one first), so it is removed.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: torch's lock alone
+        yield
+        return
+    with open(out / "build.flock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        (out / "lock").unlink(missing_ok=True)
+        yield
 
 
 def _first_line(e: BaseException) -> str:
@@ -127,15 +150,21 @@ def install() -> str:
     ops.register("fp8_linear", fp8_linear)
     ops.register("fp4_linear", fp4_linear)
     ops.register("dense_linear", dense_linear)
+    ops.register("moe_experts", moe_experts)
+    ops.register("sparse_attention", sparse_attention)
+    ops.register("indexer_scores", indexer_scores)
     ops.register("hc_sinkhorn", hc_sinkhorn)
-    return "C++ CPU kernels: fp8_linear, fp4_linear, dense_linear, hc_sinkhorn"
+    return ("C++ CPU kernels: fp8_linear, fp4_linear, dense_linear, moe_experts, sparse_attention, indexer_scores, "
+            "hc_sinkhorn")
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, act_quant: bool) -> torch.Tensor:
     k = weight.shape[1]
     if x.device.type != "cpu":
         return ops_ref.fp8_linear(x, weight, scale, act_quant)
-    y = torch.ops.v4cli.fp8_linear(x.reshape(-1, k).float().contiguous(), weight, scale.view(torch.uint8), act_quant)
+    xin = x.reshape(-1, k)  # float32 and bfloat16 go in as they are (the kernel widens exactly, returns that dtype)
+    xin = xin if xin.dtype in (torch.float32, torch.bfloat16) else xin.float()
+    y = torch.ops.v4cli.fp8_linear(xin.contiguous(), weight, scale.view(torch.uint8), act_quant)
     return y.view(*x.shape[:-1], weight.shape[0]).to(x.dtype)
 
 
@@ -143,7 +172,9 @@ def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, act_q
     k = packed.shape[1] * 2
     if x.device.type != "cpu":
         return ops_ref.fp4_linear(x, packed, scale, act_quant)
-    y = torch.ops.v4cli.fp4_linear(x.reshape(-1, k).float().contiguous(), packed, scale.view(torch.uint8), act_quant)
+    xin = x.reshape(-1, k)
+    xin = xin if xin.dtype in (torch.float32, torch.bfloat16) else xin.float()
+    y = torch.ops.v4cli.fp4_linear(xin.contiguous(), packed, scale.view(torch.uint8), act_quant)
     return y.view(*x.shape[:-1], packed.shape[0]).to(x.dtype)
 
 
@@ -151,8 +182,42 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if x.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
         return ops_ref.dense_linear(x, weight)
     k = weight.shape[1]
-    y = torch.ops.v4cli.dense_linear(x.reshape(-1, k).to(weight.dtype).contiguous(), weight.contiguous())
+    dtype = torch.promote_types(x.dtype, weight.dtype)  # float32 x with a bfloat16 weight: read as it is
+    w = weight if weight.dtype == dtype or x.dtype == torch.float32 else weight.to(dtype)
+    y = torch.ops.v4cli.dense_linear(x.reshape(-1, k).to(dtype).contiguous(), w.contiguous())
     return y.view(*x.shape[:-1], weight.shape[0])
+
+
+def moe_experts(x: torch.Tensor, weights: torch.Tensor, picks: torch.Tensor, w1: list[torch.Tensor],
+                s1: list[torch.Tensor], w3: list[torch.Tensor], s3: list[torch.Tensor], w2: list[torch.Tensor],
+                s2: list[torch.Tensor], limit: float, act_quant: bool) -> torch.Tensor:
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
+        return ops_ref.moe_experts(x, weights, picks, w1, s1, w3, s3, w2, s2, limit, act_quant)
+    return torch.ops.v4cli.moe_experts(x.float().contiguous(), weights.float(), picks.long(), w1, s1, w3, s3, w2, s2,
+                                       limit, act_quant, x.dtype == torch.bfloat16)
+
+
+_ATTN_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def sparse_attention(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor, idx: torch.Tensor, softmax_scale: float,
+                     dense: torch.Tensor | None = None, limit: torch.Tensor | None = None) -> torch.Tensor:
+    if (q.device.type != "cpu" or kv.device.type != "cpu" or q.dtype not in _ATTN_DTYPES
+            or kv.dtype not in _ATTN_DTYPES or (dense is not None and dense.dtype not in _ATTN_DTYPES)):
+        return ops_ref.sparse_attention(q, kv, sink, idx, softmax_scale, dense, limit)
+    return torch.ops.v4cli.sparse_attention(q.contiguous(), kv.contiguous(), sink.float().contiguous(),
+                                            idx.long().contiguous(), float(softmax_scale),
+                                            None if dense is None else dense.contiguous(),
+                                            None if limit is None else limit.long().contiguous())
+
+
+def indexer_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    if q.device.type != "cpu" or keys.device.type != "cpu" or q.dtype not in _ATTN_DTYPES:
+        return ops_ref.indexer_scores(q, weights, keys)
+    if keys.dtype not in _ATTN_DTYPES:
+        keys = keys.to(q.dtype)
+    # The twin multiplies by the weights in q's dtype: bfloat16 values, exact in float32.
+    return torch.ops.v4cli.indexer_scores(q.contiguous(), weights.to(q.dtype).float().contiguous(), keys.contiguous())
 
 
 def hc_sinkhorn(mixes: torch.Tensor, scale: torch.Tensor, base: torch.Tensor, n: int, iters: int,

@@ -11,7 +11,8 @@ from typing import Any
 
 from . import ops_ref
 
-OP_NAMES = ("fp8_linear", "fp4_linear", "dense_linear", "sparse_attention", "indexer_scores", "hc_sinkhorn", "hadamard")
+OP_NAMES = ("fp8_linear", "fp4_linear", "dense_linear", "moe_experts", "sparse_attention", "indexer_scores",
+            "hc_sinkhorn", "hadamard")
 
 _impl: dict[str, Callable[..., Any]] = {name: getattr(ops_ref, name) for name in OP_NAMES}
 
@@ -44,6 +45,10 @@ def fp4_linear(x, packed, scale, act_quant):  # noqa: ANN001, ANN201
 
 def dense_linear(x, weight):  # noqa: ANN001, ANN201
     return _impl["dense_linear"](x, weight)
+
+
+def moe_experts(x, weights, picks, w1, s1, w3, s3, w2, s2, limit, act_quant):  # noqa: ANN001, ANN201
+    return _impl["moe_experts"](x, weights, picks, w1, s1, w3, s3, w2, s2, limit, act_quant)
 
 
 def sparse_attention(q, kv, sink, idx, softmax_scale, dense=None, limit=None):  # noqa: ANN001, ANN201

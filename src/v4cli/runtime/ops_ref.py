@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from . import quant
+from . import pointwise, quant
 
 
 def _rows_per_block(row_elems: int, budget: int = 1 << 24) -> int:
@@ -30,12 +30,54 @@ def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, act_q
 
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """y = x W^T for a float32 or bfloat16 weight [N, K], in the weight's dtype (x is cast to it first).
+    """y = x W^T for a float32 or bfloat16 weight [N, K], in the wider of x's and W's dtypes (both are cast
+    to it first; widening bfloat16 is exact, so a bfloat16 head gives the float32 upcast product's logits).
 
     The kernels compute each row the same way whatever the other rows (torch.mm does not: a GEMV for one
     row and other blockings for more change a row's result by an ulp).
     """
-    return torch.nn.functional.linear(x.to(weight.dtype), weight)
+    dtype = torch.promote_types(x.dtype, weight.dtype)
+    return torch.nn.functional.linear(x.to(dtype), weight.to(dtype))
+
+
+def moe_experts(
+    x: torch.Tensor, weights: torch.Tensor, picks: torch.Tensor, w1: list[torch.Tensor], s1: list[torch.Tensor],
+    w3: list[torch.Tensor], s3: list[torch.Tensor], w2: list[torch.Tensor], s2: list[torch.Tensor],
+    limit: float, act_quant: bool,
+) -> torch.Tensor:
+    """The experts' SwiGLU step for tokens x [T, D] (the model's dtype), each with k experts: picks [T, k]
+    (an expert at most once per token), routing weights [T, k] float32. Expert e is (w1[e], w3[e], w2[e])
+    with scales s*[e] in its own format: e4m3 + 128x128 scales, packed e2m1 + per-32 scales, or a float
+    weight (its scale an empty tensor). Per token and expert, in x's dtype between the steps:
+
+        w2(weight * silu(min(w1 x, limit)) * clamp(w3 x, -limit, limit))   (no clamp when limit <= 0)
+
+    and the float32 sum over a token's experts in ascending order; float32 [T, D] out. (The shared expert
+    is one more expert with weight 1, picked by every token: multiplying by 1 is exact.)
+    """
+    y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    counts = torch.bincount(picks.flatten(), minlength=len(w1)).tolist()
+    for e, count in enumerate(counts):
+        if count == 0:
+            continue
+        rows, slot = torch.where(picks == e)  # rows are unique: one pick of e per token at most
+        xe = x[rows]
+        gate, up = _linear(xe, w1[e], s1[e], act_quant).float(), _linear(xe, w3[e], s3[e], act_quant).float()
+        if limit > 0:
+            up = up.clamp(-limit, limit)
+            gate = gate.clamp(max=limit)
+        h = weights[rows, slot, None] * (pointwise.silu(gate) * up)
+        y[rows] += _linear(h.to(x.dtype), w2[e], s2[e], act_quant).float()
+    return y
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, act_quant: bool) -> torch.Tensor:
+    """A linear layer in its weight's format (as model.linear.Linear runs it), output in x's dtype."""
+    if weight.dtype == torch.float8_e4m3fn:
+        return fp8_linear(x, weight, scale, act_quant)
+    if weight.dtype == torch.int8:
+        return fp4_linear(x, weight, scale, act_quant)
+    return dense_linear(x, weight).to(x.dtype)
 
 
 def sparse_attention(

@@ -79,7 +79,7 @@ def weight_bytes(args: ModelArgs, dtype_bytes: int = 2, expert_fmt: str | None =
     fmt = "fp8" if a.fp8_weights else "float"
     expert_fmt = expert_fmt or ("fp4" if a.fp4_experts else fmt)
     hc_head = 4 * (a.hc_mult * a.hc_mult * D + a.hc_mult + 1)
-    total = a.vocab_size * D * (dtype_bytes + 4) + 4 * D + hc_head  # embed (dtype), head (FP32), norm, hc_head
+    total = a.vocab_size * D * 2 * 2 + 4 * D + hc_head  # embed and head (BF16 as stored), norm, hc_head
     n = a.num_hidden_layers
     for layer in range(n + a.num_nextn_predict_layers):
         total += _block(a, layer, dtype_bytes, expert_fmt)

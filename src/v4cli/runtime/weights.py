@@ -232,6 +232,12 @@ def drop_absent_mtp(ckpt: Checkpoint, args: ModelArgs) -> None:
         args.compress_ratios = args.compress_ratios[: args.num_hidden_layers]
 
 
+# Kept as stored (BF16, or FP32 in a float re-export) whatever the model's dtype: the embedding is read a row
+# per token and the head is a float32-accumulating product either way, so widening them at load only costs
+# memory and bytes read per token.
+STORED_PRECISION = frozenset({"embed.weight", "head.weight"})
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                simulate_quant: bool = True) -> Transformer:
     """Load a DeepSeek-V4 checkpoint folder (official or transformers layout) into a `Transformer`."""
@@ -266,7 +272,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         raise CheckpointError(_report(path, problems))
     for name, want in expected.items():
         t = sources[name][0]()
-        if want.dtype.is_floating_point and want.dtype not in (torch.float8_e4m3fn, torch.float8_e8m0fnu):
+        if name in STORED_PRECISION and t.dtype in (torch.float32, torch.bfloat16):
+            t = t.to(device)
+        elif want.dtype.is_floating_point and want.dtype not in (torch.float8_e4m3fn, torch.float8_e8m0fnu):
             t = t.to(device=device, dtype=want.dtype)
         else:
             t = t.to(device=device, dtype=want.dtype) if t.dtype != want.dtype else t.to(device)

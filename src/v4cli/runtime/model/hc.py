@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import ops
-from . import pointwise
+from .. import ops, pointwise
 
 
 class HyperConnection(nn.Module):

@@ -79,11 +79,13 @@ class Transformer(nn.Module):
         super().__init__()
         self.args, self.simulate_quant, self.dtype = args, simulate_quant, dtype
         D, eps = args.hidden_size, args.rms_norm_eps
-        self.embed = Embedding(args.vocab_size, D, dtype)
+        # The embedding and the head stay in their stored precision (BF16 in every released checkpoint; the
+        # loader keeps an FP32 re-export's FP32): rows are widened per token, the head sums in FP32.
+        self.embed = Embedding(args.vocab_size, D, torch.bfloat16)
         self.layers = nn.ModuleList(
             Block(args, i, simulate_quant, dtype, expert_fmt) for i in range(args.num_hidden_layers))
         self.norm = RMSNorm(D, eps)
-        self.head = Linear(D, args.vocab_size, "float", torch.float32)  # the reference's head runs in FP32
+        self.head = Linear(D, args.vocab_size, "float", torch.bfloat16)  # FP32 inputs and logits, as the reference
         self.hc_head = HyperHead(args.hc_mult, D, args.hc_eps, eps)
         self.mtp = nn.ModuleList(
             MTPBlock(args, args.num_hidden_layers + i, simulate_quant, dtype, expert_fmt)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import ops
+from .. import ops, pointwise
 from ..args import ModelArgs
-from . import pointwise
 from .linear import Linear
 
 
@@ -44,47 +43,47 @@ class Gate(nn.Module):
 
 
 class Expert(nn.Module):
-    """SwiGLU with the V4 clamp: up in [-limit, limit], gate <= limit; routing weight applied before w2."""
+    """SwiGLU with the V4 clamp (up in [-limit, limit], gate <= limit), routing weight applied before w2: the
+    weights only; `ops.moe_experts` runs every expert of a layer in one call."""
 
-    def __init__(self, dim: int, inter: int, fmt: str, dtype: torch.dtype, limit: float, act_quant: bool) -> None:
+    def __init__(self, dim: int, inter: int, fmt: str, dtype: torch.dtype, act_quant: bool) -> None:
         super().__init__()
-        self.limit = limit
         self.w1 = Linear(dim, inter, fmt, dtype, act_quant)
         self.w2 = Linear(inter, dim, fmt, dtype, act_quant)
         self.w3 = Linear(dim, inter, fmt, dtype, act_quant)
-
-    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        gate, up = self.w1(x).float(), self.w3(x).float()
-        if self.limit > 0:
-            up = up.clamp(-self.limit, self.limit)
-            gate = gate.clamp(max=self.limit)
-        h = pointwise.silu(gate) * up
-        if weight is not None:
-            h = weight * h
-        return self.w2(h.to(x.dtype))
 
 
 class MoE(nn.Module):
     def __init__(self, args: ModelArgs, hashed: bool, simulate_quant: bool, dtype: torch.dtype,
                  expert_fmt: str | None = None) -> None:
         super().__init__()
-        self.n_experts = args.n_routed_experts
+        self.n_experts, self.limit, self.act_quant = args.n_routed_experts, args.swiglu_limit, simulate_quant
         self.gate = Gate(args, hashed)
         dense_fmt = "fp8" if args.fp8_weights else "float"
         expert_fmt = expert_fmt or ("fp4" if args.fp4_experts else dense_fmt)
-        D, inter, lim = args.hidden_size, args.moe_intermediate_size, args.swiglu_limit
+        D, inter = args.hidden_size, args.moe_intermediate_size
         self.experts = nn.ModuleList(
-            Expert(D, inter, expert_fmt, dtype, lim, simulate_quant) for _ in range(self.n_experts))
-        self.shared_experts = Expert(D, inter, dense_fmt, dtype, lim, simulate_quant)
+            Expert(D, inter, expert_fmt, dtype, simulate_quant) for _ in range(self.n_experts))
+        self.shared_experts = Expert(D, inter, dense_fmt, dtype, simulate_quant)
+        self._lists: tuple[int, list[list[torch.Tensor]]] | None = None
+
+    def _weights(self) -> list[list[torch.Tensor]]:
+        """w1, s1, w3, s3, w2, s2 over the routed experts and then the shared one (built once per load)."""
+        key = self.shared_experts.w2.weight.data_ptr()  # loading replaces the buffers: rebuild then
+        if self._lists is None or self._lists[0] != key:
+            every = [*self.experts, self.shared_experts]
+            empty = torch.empty(0, device=self.shared_experts.w2.weight.device)
+            lists = []
+            for name in ("w1", "w3", "w2"):
+                mods = [getattr(e, name) for e in every]
+                lists += [[m.weight for m in mods], [empty if m.scale is None else m.scale for m in mods]]
+            self._lists = (key, [lists[0], lists[1], lists[2], lists[3], lists[4], lists[5]])
+        return self._lists[1]
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         weights, picks = self.gate(x, tokens)
-        y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-        counts = torch.bincount(picks.flatten(), minlength=self.n_experts).tolist()
-        for e, count in enumerate(counts):
-            if count == 0:
-                continue
-            rows, slot = torch.where(picks == e)  # a token picks an expert at most once: rows are unique
-            y[rows] += self.experts[e](x[rows], weights[rows, slot, None]).float()
-        y += self.shared_experts(x).float()
-        return y.to(x.dtype)
+        # the shared expert is expert n_experts, picked by every token with weight 1 (an exact product)
+        picks = torch.cat([picks, picks.new_full((picks.shape[0], 1), self.n_experts)], dim=1)
+        weights = torch.cat([weights, weights.new_ones(weights.shape[0], 1)], dim=1)
+        w1, s1, w3, s3, w2, s2 = self._weights()
+        return ops.moe_experts(x, weights, picks, w1, s1, w3, s3, w2, s2, self.limit, self.act_quant).to(x.dtype)
