@@ -23,15 +23,12 @@
 // order depends on the row's own inputs (its candidates, in order, and D) and on the build only. The exp is one
 // vectorized function for every lane and row.
 //
-// Threads: torch's cpp_extension does not build with OpenMP, and without it the header's at::parallel_for is a
-// plain loop; so the tasks go through TensorIterator::for_each, which runs at::parallel_for inside libtorch (the
-// intra-op threads, torch.set_num_threads included), as linear.cpp does.
+// Threads: parallel_tasks (parallel.h) over torch's intra-op threads, torch.set_num_threads included.
 //
 // SIMD: GCC/Clang vector extensions of kL floats (16 with AVX-512, 8 otherwise), FMAs written as intrinsics on
 // AVX-512 and AVX2+FMA so no compiler choice changes a result; any other target takes the portable vector code.
 
 #include <ATen/Parallel.h>
-#include <ATen/TensorIterator.h>
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
