@@ -8,7 +8,8 @@
 
 namespace v4cli {
 
-// y[M, N] = x[M, K] @ dequant(W)^T for float32 or bfloat16 input (output in its dtype): a row kernel for decode, dequantize-then-GEMM past 32 rows.
+// y[M, N] = x[M, K] @ dequant(W)^T for float32 or bfloat16 input (output in its dtype): a row kernel for decode,
+// dequantize-then-GEMM past 32 rows.
 // W is e4m3 [N, K] with UE8M0 scales over 128x128 tiles, or packed e2m1 [N, K/2] with a UE8M0 scale
 // per 32 inputs of a row. With act_quant, x is first rounded as the reference's FP8 GEMM input.
 at::Tensor fp8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale, bool act_quant);
