@@ -183,8 +183,7 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return ops_ref.dense_linear(x, weight)
     k = weight.shape[1]
     dtype = torch.promote_types(x.dtype, weight.dtype)  # float32 x with a bfloat16 weight: read as it is
-    w = weight if weight.dtype == dtype or x.dtype == torch.float32 else weight.to(dtype)
-    y = torch.ops.v4cli.dense_linear(x.reshape(-1, k).to(dtype).contiguous(), w.contiguous())
+    y = torch.ops.v4cli.dense_linear(x.reshape(-1, k).to(dtype).contiguous(), weight.contiguous())
     return y.view(*x.shape[:-1], weight.shape[0])
 
 

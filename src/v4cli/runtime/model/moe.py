@@ -77,7 +77,7 @@ class MoE(nn.Module):
             for name in ("w1", "w3", "w2"):
                 mods = [getattr(e, name) for e in every]
                 lists += [[m.weight for m in mods], [empty if m.scale is None else m.scale for m in mods]]
-            self._lists = (key, [lists[0], lists[1], lists[2], lists[3], lists[4], lists[5]])
+            self._lists = (key, lists)
         return self._lists[1]
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
