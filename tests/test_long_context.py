@@ -54,6 +54,7 @@ print(json.dumps(dict(base=base, base_state=base_state, peak=rss(), pos=state.po
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2000)  # the child has 1,800 s of its own
 def test_128k_prefill_bounded_memory(tmp_path: Path) -> None:
     # Few indexer heads keep the O(ctx^2 / chunk) scoring quick; the state layout is the built-in model's.
     args = tiny_args("flash", vocab_size=1024, sliding_window=128, index_topk=64, index_n_heads=4)

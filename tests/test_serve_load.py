@@ -61,15 +61,23 @@ def one_slot(serve_home: Path) -> Any:
         yield srv
 
 
+def _read_until(resp: Any, done: Any) -> bytes:
+    """Read a stream until `done(bytes so far)`; the stream ending first fails the test instead of spinning."""
+    got = b""
+    while not done(got):
+        chunk = resp.read1(4096)
+        assert chunk, f"the stream ended before it was expected to: {got[-300:]!r}"
+        got += chunk
+    return got
+
+
 def test_disconnect_frees_the_slot_at_once(one_slot: Any) -> None:
     url = one_slot.url
     body = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "go on"}], "max_tokens": 3000,
             "stream": True, "temperature": 0}  # greedy: the built-in model never ends its turn early
     conn, resp = _open_stream(url, body)
     assert resp.status == 200
-    got = b""
-    while got.count(b"data:") < 4:  # a few tokens in, then the client goes away
-        got += resp.read1(4096)
+    _read_until(resp, lambda got: got.count(b"data:") >= 4)  # a few tokens in, then the client goes away
     aborted = _metric(url, 'v4_finished_requests_total{reason="abort"}')
     conn.close()
     deadline = time.monotonic() + 20  # far less than the 3000 tokens it was asked for
@@ -98,17 +106,16 @@ def test_queue_limit_429_keepalive_while_queued_and_health(one_slot: Any) -> Non
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
+        # Greedy: sampled, the built-in model may end its turn and free the slot before the checks below.
         long = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "a"}], "max_tokens": 3000,
-                "stream": True}
+                "stream": True, "temperature": 0}
         c1, running = _open_stream(url, long)
-        seen = b""
-        while seen.count(b"data:") < 3:  # past the role chunk: it is decoding, so it holds the slot
-            seen += running.read1(4096)
+        # Past the role chunk: it is decoding, so it holds the slot.
+        _read_until(running, lambda seen: seen.count(b"data:") >= 3)
         c2, queued = _open_stream(url, {**long, "max_tokens": 2})
         assert queued.status == 200
-        first = queued.read1(4096)
-        while b": keep-alive" not in first:  # it waits for the slot: comments keep the connection alive
-            first += queued.read1(4096)
+        # It waits for the slot: comments keep the connection alive.
+        first = _read_until(queued, lambda got: b": keep-alive" in got)
         status, err = _post(url, {**long, "stream": False, "max_tokens": 2})
         assert status == 429 and err["error"]["type"] == "rate_limit_error"
         c1.close()  # frees the slot: the queued request runs to the end
