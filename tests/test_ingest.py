@@ -261,11 +261,12 @@ class Recorder:
 def ask(monkeypatch: pytest.MonkeyPatch, *args: str, stdin: str | None = None) -> tuple[list[dict], dict]:
     from typer.testing import CliRunner
 
-    from v4cli import cli
+    from v4cli.cli import app
+    from v4cli.cli import ask as ask_verb
 
     rec = Recorder()
-    monkeypatch.setattr(cli, "_backend", lambda *a, **kw: rec)
-    r = CliRunner().invoke(cli.app, ["ask", "--json", *args], input=stdin)
+    monkeypatch.setattr(ask_verb, "backend_for", lambda *a, **kw: rec)
+    r = CliRunner().invoke(app, ["ask", "--json", *args], input=stdin)
     assert r.exit_code == 0, r.output
     (messages, *_), kw = rec.calls[0]
     return messages, kw

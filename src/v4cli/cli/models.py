@@ -1,0 +1,122 @@
+"""`v4 pull`, `list`, `show` and `rm`: the models on this machine."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .app import JsonOpt, app, console, handled, opt
+
+
+@app.command()
+def pull(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="flash, pro, a Hub repo id (owner/name) or tiny.")],
+    revision: Annotated[str | None, opt("--revision", metavar="REV", help="Branch, tag or commit.")] = None,
+    include: Annotated[list[str] | None, opt("--include", metavar="GLOB", help="Only files matching this glob "
+                                              "(repeatable; config and tokenizer always come).")] = None,
+    token: Annotated[str | None, opt("--token", metavar="TOKEN", envvar="HF_TOKEN", help="Hub token.")] = None,
+    checksums: Annotated[bool, opt("--checksums", help="Also hash every file against the Hub.")] = False,
+) -> None:
+    """Download a model from the Hugging Face Hub, resuming what an earlier pull left, then check it.
+
+    HF_ENDPOINT picks a mirror, HF_HUB_OFFLINE=1 only checks the local cache.
+
+    Examples:
+
+      v4 pull flash
+
+      v4 pull deepseek-ai/DeepSeek-V4-Pro --revision main
+    """
+    from .. import hub
+
+    c = console()
+    with handled(c, f"pull interrupted: run `v4 pull {model}` again to continue; finished files are kept"):
+        with c.download(model) as progress:
+            path = hub.pull(model, revision=revision, include=include or None, token=token, progress=progress,
+                            checksums=checksums)
+        c.info(f"{model} is ready at {path}")
+
+
+@app.command("list")
+def list_(as_json: JsonOpt = False) -> None:
+    """List the models on this machine (the built-in tiny once written, folders, pulled repos).
+
+    Examples:
+
+      v4 list
+
+      v4 list --json
+    """
+    from .. import hub
+    from ..console import size
+
+    c = console()
+    with handled(c):
+        models = hub.list_models()
+        if as_json:
+            c.json([{"name": m.name, "kind": m.kind, "path": str(m.path), "size_bytes": m.size_bytes,
+                     "revision": m.revision} for m in models])
+        elif not models:
+            c.info("no models yet: `v4 pull flash` downloads one; `tiny` is built in (random weights)")
+        else:
+            rows = [(m.name, size(m.size_bytes), m.kind, str(m.path)) for m in models]
+            c.table(["NAME", "SIZE", "KIND", "PATH"], rows, right=[1])
+
+
+app.command("ls", hidden=True, help="Same as list.")(list_)
+
+
+@app.command()
+def show(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model name, repo id or folder.")],
+    context: Annotated[int | None, opt("--context", min=1, metavar="TOKENS", help="Add the memory plan at "
+                                        "this context.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a model's configuration, its size and (with --context) the memory it needs.
+
+    Examples:
+
+      v4 show flash --context 131072
+
+      v4 show tiny --json
+    """
+    from .. import hub
+    from ..console import size
+
+    c = console()
+    with handled(c):
+        info = hub.show(model, context)
+        if as_json:
+            c.json(info)
+            return
+        plan = info.pop("memory_plan", None)
+        pretty = {k.replace("_", " "): v for k, v in info.items() if v is not None}
+        for key in ("weights bytes", "disk bytes"):
+            if key in pretty:
+                pretty[key.replace(" bytes", "")] = size(pretty.pop(key))
+        pretty["layer types"] = ", ".join(f"{n} {k}" for k, n in info["layer_types"].items())
+        c.fields(pretty)
+        if plan is not None:
+            c.print()
+            c.print(plan["text"])
+        if model == "tiny":
+            c.note("tiny has random weights: its output is noise")
+
+
+@app.command()
+def rm(model: Annotated[str, typer.Argument(metavar="MODEL", help="Model to delete (all its revisions).")]) -> None:
+    """Delete a downloaded model (or the built-in tiny, which is rebuilt on next use).
+
+    Examples:
+
+      v4 rm flash
+    """
+    from .. import hub
+    from ..console import size
+
+    c = console()
+    with handled(c):
+        freed = hub.remove(model)
+        c.info(f"removed {model} ({size(freed)} freed)")
