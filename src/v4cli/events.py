@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .dsml import ContentDelta, Done, ReasoningDelta, ToolCallDelta, ToolCallEnd, ToolCallStart
+from .errors import UserError
 
 Message = Mapping[str, Any]
 
@@ -150,7 +151,7 @@ def tool_call_dict(call: ToolCall) -> dict[str, Any]:
     return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
 
 
-class BackendError(Exception):
+class BackendError(UserError):
     """Something the user can fix (wrong URL, bad key, server refusal); the message says what."""
 
 

@@ -34,6 +34,7 @@ from huggingface_hub.utils import (
     tqdm,  # its subclasses get the bar's `name`, so we can pick the bytes bar
 )
 
+from .errors import UserError
 from .settings import models_dir
 
 BUILTIN = "tiny"
@@ -48,7 +49,7 @@ _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 Progress = Callable[[int, int], None]  # (bytes done, bytes to download)
 
 
-class HubError(Exception):
+class HubError(UserError):
     """A model operation that cannot be done; the message says why and what to do."""
 
 

@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 from v4cli.chat_format import defuse, encode_messages, encode_prompt_ids
 
+from ..errors import UserError
 from .files import Skipped, SourceFile, _join
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 
-class BudgetError(ValueError):
+class BudgetError(UserError, ValueError):
     """The question and the fixed parts alone do not fit the token budget."""
 
 

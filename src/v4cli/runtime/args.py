@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
+
 _LAYER_TYPE_DEFAULT_RATIO = {
     "sliding_attention": 0,
     "compressed_sparse_attention": 4,
@@ -20,7 +22,7 @@ _LAYER_TYPE_DEFAULT_RATIO = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config.json that cannot describe a DeepSeek-V4 model; the message names the key."""
 
 

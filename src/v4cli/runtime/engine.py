@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from ..errors import UserError
 from . import kernels
 from .cache import SeqState
 from .detokenizer import StopMatcher, TextStream
@@ -43,7 +44,7 @@ def release_large_blocks(threshold: int = 16 << 20) -> bool:
         return False
 
 
-class ContextLimitError(ValueError):
+class ContextLimitError(UserError, ValueError):
     """A prompt longer than the engine's context; the message gives both numbers."""
 
 

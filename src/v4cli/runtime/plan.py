@@ -23,13 +23,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import UserError
 from .args import ModelArgs
 
 GiB = 1 << 30
 FORMATS = ("ours", "reference", "fp8", "mxfp4-indexer")
 
 
-class MemoryPlanError(ValueError):
+class MemoryPlanError(UserError, ValueError):
     """The weights plus the decode state do not fit; the message gives the numbers and what would fit."""
 
 

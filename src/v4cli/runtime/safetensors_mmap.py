@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
+
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "F8_E8M0": torch.float8_e8m0fnu,
@@ -23,7 +25,7 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 _MAX_HEADER = 100 * 1024 * 1024
 
 
-class ShardError(ValueError):
+class ShardError(UserError, ValueError):
     """A shard that cannot be read as safetensors: the message says which file and why."""
 
 

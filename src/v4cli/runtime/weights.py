@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
 from .args import ConfigError, ModelArgs
 from .model import Transformer
 from .safetensors_mmap import DTYPE_NAMES, Shard, ShardError
@@ -21,7 +22,7 @@ from .safetensors_mmap import DTYPE_NAMES, Shard, ShardError
 FLOAT_DTYPES = {"F32", "BF16", "F16", "F64"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be loaded; the message lists every problem found."""
 
 
