@@ -139,11 +139,13 @@ class LocalBackend:
         if self.engine is None:
             yield from self.load_notices()
         opts = options or Options()
-        req = Request(messages=list(messages), thinking=thinking, effort=effort, prompt_ids=prompt_ids,
+        req = Request(messages=list(messages), thinking=thinking, effort=effort,
                       cache_prefix=cache_prefix if cache_prefix and cache_prefix > 0 else None,
                       max_tokens=opts.max_tokens, temperature=1.0 if opts.temperature is None else opts.temperature,
                       top_p=1.0 if opts.top_p is None else opts.top_p, seed=opts.seed)
-        answer = self.submit(req)
+        # `prompt_ids` (what `ask` ingested) encode these same messages: submitted as a chat, so the
+        # snapshots a conversation's next turn starts from are kept for them too
+        answer = self.submit(req, ids=None if prompt_ids is None else list(prompt_ids))
         try:
             for item in answer.handle:
                 yield from answer.feed(item)

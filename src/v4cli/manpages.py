@@ -74,6 +74,7 @@ def _page(cmd: Any, ctx: Any, title: str, see_also: list[str]) -> str:
             "\\fBHF_HUB_OFFLINE\\fR",
             "Where Hub downloads go, which Hub to use, its token, and offline mode.",
             ".TP", "\\fBV4_API_KEY\\fR", "API key sent with \\-\\-url.",
+            ".TP", "\\fBV4_NO_LOG\\fR", "Set to 1: log no exchange in V4_HOME/logs.db (as \\-\\-no\\-log).",
             ".SH EXIT STATUS", "0 done; 1 a problem with the input or the environment (the message says what to do); "
             "2 a usage error; 130 interrupted."]
     if see_also:

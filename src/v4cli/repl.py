@@ -63,9 +63,11 @@ class ChatState:
 class Repl:
     def __init__(self, backend: Backend, console: Console, *, state: ChatState | None = None,
                  history: History | Path | None = None, input: Any = None, output: Any = None,
-                 switch_model: Callable[[str], Backend] | None = None, lines: Iterator[str] | None = None) -> None:
-        """`lines`: read input from these (a pipe: `printf 'hi\\n/exit\\n' | v4 chat`) instead of a terminal."""
-        self.backend, self.console, self.switch_model = backend, console, switch_model
+                 switch_model: Callable[[str], Backend] | None = None, lines: Iterator[str] | None = None,
+                 on_turn: Callable[[ChatState, Backend, Reply], None] | None = None) -> None:
+        """`lines`: read input from these (a pipe: `printf 'hi\\n/exit\\n' | v4 chat`) instead of a terminal.
+        `on_turn`: called after each kept turn (the state already holds it): the exchange log."""
+        self.backend, self.console, self.switch_model, self.on_turn = backend, console, switch_model, on_turn
         self.lines = lines
         self.attached: dict[str, str] = {}  # /read files waiting for the next message: real path -> block
         self.state = state or ChatState()
@@ -152,6 +154,8 @@ class Repl:
         if stats is None or stats.finish_reason == "abort":
             return
         s.messages += [{"role": "user", "content": text}, reply.message()]
+        if self.on_turn is not None:
+            self.on_turn(s, self.backend, reply)
 
     # ---- slash commands ----------------------------------------------------------------------------------
     def command(self, line: str) -> object:

@@ -1,4 +1,4 @@
-"""Where v4 keeps things: V4_HOME (default ~/.cache/v4) holds models/, cache/ and history."""
+"""Where v4 keeps things: V4_HOME (default ~/.cache/v4) holds models/, cache/, history and logs.db."""
 
 from __future__ import annotations
 
@@ -12,3 +12,8 @@ def home() -> Path:
 
 def models_dir() -> Path:
     return home() / "models"
+
+
+def logs_path() -> Path:
+    """The SQLite log of every `chat` and `ask` exchange (`v4 logs`)."""
+    return home() / "logs.db"

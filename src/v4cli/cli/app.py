@@ -53,6 +53,11 @@ ContextOpt = Annotated[int, opt("--context", min=256, metavar="TOKENS", help="Co
 TempOpt = Annotated[float | None, opt("--temperature", "-t", min=0.0, metavar="T", help="Sampling temperature.")]
 ShowThinkOpt = Annotated[bool, opt("--show-thinking", help="Keep the reasoning on screen.")]
 JsonOpt = Annotated[bool, opt("--json", help="Machine-readable output.")]
+ContinueOpt = Annotated[bool, opt("--continue", "-c", help="Continue the last conversation (`v4 logs` lists "
+                                   "them); its model unless --model says otherwise.")]
+CidOpt = Annotated[str | None, opt("--cid", metavar="ID", help="Continue this conversation (an id from `v4 logs`, "
+                                    "or its first characters).")]
+NoLogOpt = Annotated[bool, opt("--no-log", help="Do not log this exchange in V4_HOME/logs.db (also V4_NO_LOG=1).")]
 
 
 def _version(value: bool) -> None:
@@ -75,11 +80,12 @@ def console(show_thinking: bool = False) -> Console:
 
 def _user_error(e: BaseException) -> bool:
     """Errors whose message is the whole story (no traceback): ours, the runtime's and the OS's."""
+    from ..errors import UserError
     from ..events import BackendError
     from ..hub import HubError
 
     names = {c.__name__ for c in type(e).__mro__}
-    return isinstance(e, (HubError, BackendError, OSError, ValueError)) or "BudgetError" in names
+    return isinstance(e, (UserError, HubError, BackendError, OSError, ValueError)) or "BudgetError" in names
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -10,10 +11,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from .app import (
+    CidOpt,
     ContextOpt,
+    ContinueOpt,
     EffortOpt,
     KeyOpt,
     ModelOpt,
+    NoLogOpt,
     ShowThinkOpt,
     TempOpt,
     ThinkOpt,
@@ -60,6 +64,9 @@ def ask(
     as_json: Annotated[bool, opt("--json", help="Machine-readable output (the summary, or the answer with its "
                                   "usage).")] = False,
     show_thinking: ShowThinkOpt = False,
+    cont: ContinueOpt = False,
+    cid: CidOpt = None,
+    no_log: NoLogOpt = False,
 ) -> None:
     """Ask one question, about files, folders or repositories and piped input; the answer goes to stdout.
 
@@ -74,15 +81,22 @@ def ask(
       v4 ask --file . --dry-run --json "summarize"
 
       git diff | v4 ask "write a commit message"
+
+      v4 ask -c "and how would you test it?"
     """
-    from .. import chat_format, ingest
-    from ..events import Options
+    from .. import chat_format, ingest, logs
+    from ..errors import UserError
+    from ..events import Options, Reply
 
     c = console(show_thinking)
     with handled(c):
         effort = check_effort(effort)
         if max_tokens >= context:
             raise typer.BadParameter(f"must be below --context ({context})", param_hint="--max-tokens")
+        conv = logs.resume(cid) if cont or cid else None  # the earlier turns this question follows
+        if conv is not None and model is None and conv.endpoint == logs.endpoint(url):
+            model = conv.model
+        history = conv.head() if conv else []
         stdin = _stdin_text()
         mode = "thinking" if think else "chat"
         files, skipped = ingest.collect(file, extra_ignores=exclude or [], follow_gitignore=not no_gitignore) \
@@ -92,8 +106,12 @@ def ask(
             raise ValueError(f"nothing to read in {', '.join(map(str, file))} ({why})")
         ing = None
         if files or stdin is not None or dry_run:
+            budget = context - max_tokens - (logs.count_tokens(history, think) if history else 0)
+            if budget <= 0:
+                raise UserError(f"conversation {conv and conv.cid} already fills --context {context:,} with "
+                                f"--max-tokens {max_tokens:,}: raise --context or start a new one (no -c)")
             ing = ingest.build_prompt(files, question, tokenizer=chat_format.load_tokenizer(), stdin_text=stdin,
-                                      budget_tokens=context - max_tokens, skipped=skipped, thinking_mode=mode)
+                                      budget_tokens=budget, skipped=skipped, thinking_mode=mode)
         if dry_run:
             assert ing is not None
             summary = ing.summary()
@@ -105,21 +123,41 @@ def ask(
         # defused either way (ingest defuses its prompt): a remote server gets what the local encoder writes
         content = chat_format.defuse(question) if ing is None else _user_text(ing.prompt_text, mode)
         backend = backend_for(model, url, api_key, context)
-        # local: the ingested ids as they are, with a snapshot after everything before the question
-        events = backend.chat([{"role": "user", "content": content}], thinking=think, effort=effort,
-                              options=Options(temperature=temperature, max_tokens=max_tokens),
-                              prompt_ids=None if ing is None else ing.prompt_ids,
-                              cache_prefix=None if ing is None else ing.prefix_tokens)
+        if conv is not None:
+            c.note(f"continuing conversation {conv.cid} ({len(conv.messages) // 2} earlier turn(s))")
+        # local: the ingested ids as they are, with a snapshot after everything before the question; a
+        # continued conversation is encoded whole, and its earlier turns come from the prefix cache
+        fresh = ing is not None and not history
+        reply, t0 = Reply(), time.perf_counter()
+        events = logs.folded(backend.chat([*history, {"role": "user", "content": content}], thinking=think,
+                                          effort=effort, options=Options(temperature=temperature,
+                                                                         max_tokens=max_tokens),
+                                          prompt_ids=ing.prompt_ids if fresh and ing else None,
+                                          cache_prefix=ing.prefix_tokens if fresh and ing else None), reply)
+        recorder = logs.Recorder("ask", logs.endpoint(url), c.warn, enabled=not logs.disabled(no_log),
+                                 conversation=conv)
+
+        def record() -> None:
+            recorder.record(model=backend.model, options={"thinking": think, "effort": effort,
+                                                          "temperature": temperature, "max_tokens": max_tokens,
+                                                          "system": conv.system if conv else None,
+                                                          "context": context},
+                            history=conv.messages if conv else [], sent=content, prompt=question, reply=reply,
+                            inputs=logs.inputs(file or [], ing, stdin), total_s=time.perf_counter() - t0)
+
         try:
             if not as_json:
                 c.render(events)
+                record()
                 return
             out = _as_json(events, backend)
+            record()
+            out["conversation"] = recorder.cid
             if ing is not None:
                 out["summary"] = ing.summary()
             c.json(out)
         finally:
-            events.close()  # type: ignore[attr-defined]
+            events.close()
 
 
 
