@@ -75,9 +75,9 @@ def test_save_pretrained_checkpoint_matches_transformers(saved, kind):
 
     ours = load_model(folder, simulate_quant=False)
     assert len(ours.mtp) == 0  # transformers does not keep the MTP block: the model runs without it
-    ids = _ids(150, seed=11)
+    ids = _ids(70, seed=11)  # past the window (8), 17 CSA entries against index_topk 4
     got, want = ours.logits(ids), _reference_logits(folder, ids)
-    assert got.shape == want.shape == (150, 1024)
+    assert got.shape == want.shape == (70, 1024)
     assert (got - want).abs().max().item() <= 1e-3
 
 
@@ -120,7 +120,7 @@ def test_float_reexport_of_the_official_checkpoint(ckpt_dir, tmp_path, dtype):
     assert (r.dense_fmt, r.expert_fmt) == ("float", "float") and not r.args.fp8_weights
     q, f = load_model(src, simulate_quant=False), load_model(tmp_path / "f", simulate_quant=False)
     assert f.layers[0].attn.wq_a.fmt == "float" and len(f.mtp) == 1
-    ids = _ids(120, seed=2)
+    ids = _ids(40, seed=2)
     assert (q.logits(ids) - f.logits(ids)).abs().max().item() <= 1e-4  # FP8/FP4 dequantize exactly to BF16
 
 

@@ -150,8 +150,9 @@ def test_nan_scale_bytes_are_corrupt(broken):
 
 
 def test_missing_folder_and_config(tmp_path):
-    with pytest.raises(CheckpointError, match="no checkpoint folder"):
+    with pytest.raises(CheckpointError, match="no checkpoint folder") as e:
         load_model(tmp_path / "nope")
+    assert [str(p) for p in e.value.problems] == [f"no checkpoint folder at {tmp_path / 'nope'}"]
     (tmp_path / "x").mkdir()
     with pytest.raises(CheckpointError, match="no config.json"):
         load_model(tmp_path / "x")

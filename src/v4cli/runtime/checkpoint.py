@@ -36,11 +36,13 @@ class CheckpointError(UserError, ValueError):
     per problem, grouped per file, then the remedy."""
 
     def __init__(self, summary: str, problems: list[Problem] | None = None, remedy: str | None = None) -> None:
-        self.summary, self.problems, self.remedy = summary, list(problems or []), remedy
-        super().__init__(self._text())
+        self.summary, self.remedy = summary, remedy
+        # a folder that cannot be read at all is its own one problem, and the summary says it all
+        self.problems = list(problems) if problems else [Problem(summary, kind="file")]
+        super().__init__(self._text(listed=bool(problems)))
 
-    def _text(self) -> str:
-        if not self.problems:
+    def _text(self, listed: bool) -> str:
+        if not listed:
             return self.summary + (f"\n{self.remedy}" if self.remedy else "")
         n = len(self.problems)
         lines = [f"{self.summary}: {n} problem{'s' if n != 1 else ''}:"]

@@ -57,7 +57,7 @@ def describe(path: str | Path, context: int | None = None, dtype_bytes: int = 2)
     try:
         r = read_checkpoint(path)
     except CheckpointError as e:  # nothing to describe beyond the reason
-        return {"layout": None, "storage": {}, "problems": [str(p) for p in grouped(e.problems)] or [e.summary],
+        return {"layout": None, "storage": {}, "problems": [str(p) for p in grouped(e.problems)],
                 "remedy": e.remedy}
     ck = r.ckpt
     total = sum(ck.nbytes(n) for n in ck.names())
