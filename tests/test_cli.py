@@ -109,7 +109,8 @@ def test_list_show(env: Path) -> None:
     assert "DeepseekV4ForCausalLM" in r.stdout and "memory plan: 1 x 4,096 tokens" in r.stdout
     assert "random weights" in r.stderr
     info = json.loads(run("show", "tiny", "--json").stdout)
-    assert info["vocab_size"] == 129280 and "memory_plan" not in info
+    assert info["vocab_size"] == 129280 and info["layout"] == "official" and info["problems"] == []
+    assert info["memory_plan"]["context"] == info["context_length"]  # without --context: the longest
 
 
 def test_unknown_model_everywhere(env: Path) -> None:

@@ -35,10 +35,14 @@ def _edit(folder: Path, fn) -> None:
     index_path.write_text(json.dumps(index))
 
 
-def _load_error(folder: Path) -> str:
+def _error(folder: Path) -> CheckpointError:
     with pytest.raises(CheckpointError) as e:
         load_model(folder)
-    return str(e.value)
+    return e.value
+
+
+def _load_error(folder: Path) -> str:
+    return str(_error(folder))
 
 
 def test_every_problem_is_listed_at_once(broken):
@@ -52,12 +56,18 @@ def test_every_problem_is_listed_at_once(broken):
             t["layers.9.attn.wq_a.weight"] = torch.zeros(2, 2)
 
     _edit(broken, damage)
-    msg = _load_error(broken)
-    assert "4 problem(s)" in msg
-    assert "missing tensor layers.2.attn.wq_a.scale" in msg
-    assert "layers.1.attn.wkv.weight: shape [64, 256], expected [128, 256]" in msg
-    assert "layers.0.attn.attn_sink: dtype I32, expected a float type" in msg
-    assert "unexpected tensor layers.9.attn.wq_a.weight" in msg
+    err = _error(broken)
+    where = json.loads((broken / "model.safetensors.index.json").read_text())["weight_map"]
+    texts = sorted(str(p) for p in err.problems)
+    assert texts == sorted([
+        "missing tensor layers.2.attn.wq_a.scale (shape [1, 2])",
+        f"{where['layers.1.attn.wkv.weight']}: layers.1.attn.wkv.weight: shape [64, 256], expected [128, 256]",
+        f"{where['layers.0.attn.attn_sink']}: layers.0.attn.attn_sink: dtype I32, expected a float type",
+        f"{where['layers.9.attn.wq_a.weight']}: unexpected tensor layers.9.attn.wq_a.weight",
+    ])
+    lines = str(err).splitlines()
+    assert lines[0].endswith(": 4 problems:") and "closest to the official (deepseek-ai release) layout" in lines[0]
+    assert lines[1:5] == [f"  - {p}" for p in sorted(err.problems, key=lambda p: (p.file is None, p.file or ""))]
 
 
 def test_quantized_tensor_with_wrong_dtype(broken):
@@ -67,14 +77,28 @@ def test_quantized_tensor_with_wrong_dtype(broken):
 
     _edit(broken, damage)
     assert "layers.3.ffn.experts.1.w2.weight: dtype U8, expected I8" in _load_error(broken)
+    assert len(_error(broken).problems) == 1
 
 
-def test_truncated_shard(broken):
+def test_truncated_shard_is_one_line_with_the_remedy(broken):
     shard = sorted(broken.glob("*.safetensors"))[1]
     data = shard.read_bytes()
-    shard.write_bytes(data[: len(data) - 1000])
-    msg = _load_error(broken)
-    assert shard.name in msg and "truncated" in msg
+    shard.write_bytes(data[: len(data) // 2])
+    err = _error(broken)
+    assert [(p.file, p.kind) for p in err.problems] == [(shard.name, "file")]
+    assert err.problems[0].text.startswith(f"truncated: {len(data) // 2:,} of {len(data):,} bytes present (")
+    lines = str(err).splitlines()
+    assert len(lines) == 3 and lines[1] == f"  - {err.problems[0]}" and len(lines[1]) < 120
+    assert lines[2].startswith("The folder is incomplete or damaged: copy the files named above")
+
+
+def test_a_pulled_model_is_told_to_pull_again(broken, tmp_path):
+    snapshot = tmp_path / "hub" / "models--deepseek-ai--DeepSeek-V4-Flash" / "snapshots" / "0123abc"
+    shutil.copytree(broken, snapshot)
+    shard = sorted(snapshot.glob("*.safetensors"))[2]
+    shard.write_bytes(shard.read_bytes()[:5000])
+    msg = _load_error(snapshot)
+    assert msg.splitlines()[-1].startswith("Re-run `v4 pull deepseek-ai/DeepSeek-V4-Flash`: it resumes")
 
 
 def test_corrupt_header(broken):
@@ -89,8 +113,19 @@ def test_corrupt_header(broken):
 def test_index_points_at_missing_shard(broken):
     victim = sorted(broken.glob("*.safetensors"))[2]
     victim.unlink()
-    msg = _load_error(broken)
-    assert f"the index points at {victim.name}, which is missing" in msg
+    err = _error(broken)
+    # one line for the file: the tensors the index places in it are not listed one by one as missing
+    assert [str(p) for p in err.problems] == [f"{victim.name}: missing (the index lists it)"]
+
+
+def test_unindexed_corrupt_shard_does_not_list_its_tensors(broken):
+    (broken / "model.safetensors.index.json").unlink()
+    victim = sorted(broken.glob("*.safetensors"))[0]
+    victim.write_bytes(b"\xff" * 64)
+    texts = [str(p) for p in _error(broken).problems]
+    assert len(texts) == 2 and texts[0].startswith(f"{victim.name}: header length")
+    assert texts[1].endswith("of the model's tensors are not in the readable files (the damaged files listed "
+                             "may hold them)")
 
 
 def test_index_places_tensor_in_wrong_shard(broken):
@@ -100,7 +135,7 @@ def test_index_places_tensor_in_wrong_shard(broken):
     name = next(n for n, f in index["weight_map"].items() if f == shards[0])
     index["weight_map"][name] = shards[1]
     index_path.write_text(json.dumps(index))
-    assert f"the index places {name} in {shards[1]}, which does not hold it" in _load_error(broken)
+    assert f"{shards[1]}: the index places {name} here, but the file does not hold it" in _load_error(broken)
 
 
 def test_nan_scale_bytes_are_corrupt(broken):
@@ -115,8 +150,9 @@ def test_nan_scale_bytes_are_corrupt(broken):
 
 
 def test_missing_folder_and_config(tmp_path):
-    with pytest.raises(CheckpointError, match="no checkpoint folder"):
+    with pytest.raises(CheckpointError, match="no checkpoint folder") as e:
         load_model(tmp_path / "nope")
+    assert [str(p) for p in e.value.problems] == [f"no checkpoint folder at {tmp_path / 'nope'}"]
     (tmp_path / "x").mkdir()
     with pytest.raises(CheckpointError, match="no config.json"):
         load_model(tmp_path / "x")

@@ -447,10 +447,7 @@ def show(name: str, context: int | None = None, revision: str | None = None) -> 
         "context_length": args.max_position_embeddings, "sliding_window": args.sliding_window,
         "quantization": quant, "weights_bytes": weights, "disk_bytes": _folder_size(m.path),
     }
-    if context is not None:
-        from .runtime import plan as memplan  # the plan is arithmetic on the config: no weights are read
+    from .runtime.description import describe  # headers only: layout, storage, problems, memory plan
 
-        mp = memplan.plan(args, context, 1)
-        out["memory_plan"] = {"context": context, "weights_bytes": mp.weights, "state_bytes": mp.state,
-                              "total_bytes": mp.total, "available_bytes": mp.available, "text": mp.describe()}
+    out.update(describe(m.path, context))
     return out

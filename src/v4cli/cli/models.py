@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from .app import JsonOpt, app, console, handled, opt
+
+if TYPE_CHECKING:
+    from ..console import Console
 
 
 @app.command()
@@ -70,11 +73,14 @@ app.command("ls", hidden=True, help="Same as list.")(list_)
 @app.command()
 def show(
     model: Annotated[str, typer.Argument(metavar="MODEL", help="Model name, repo id or folder.")],
-    context: Annotated[int | None, opt("--context", min=1, metavar="TOKENS", help="Add the memory plan at "
-                                        "this context.")] = None,
+    context: Annotated[int | None, opt("--context", min=1, metavar="TOKENS", help="The memory plan at this "
+                                        "context (default: the model's longest).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show a model's configuration, its size and (with --context) the memory it needs.
+    """Show a model's configuration, its layout and storage formats on disk, its size and the memory it needs.
+
+    Only the file headers are read. A folder with missing, cut-off or mismatched files is listed with
+    its problems and the command exits with status 1.
 
     Examples:
 
@@ -83,26 +89,43 @@ def show(
       v4 show tiny --json
     """
     from .. import hub
-    from ..console import size
 
     c = console()
     with handled(c):
         info = hub.show(model, context)
+        problems, remedy = info.pop("problems", []), info.pop("remedy", None)
         if as_json:
-            c.json(info)
-            return
-        plan = info.pop("memory_plan", None)
-        pretty = {k.replace("_", " "): v for k, v in info.items() if v is not None}
-        for key in ("weights bytes", "disk bytes"):
-            if key in pretty:
-                pretty[key.replace(" bytes", "")] = size(pretty.pop(key))
-        pretty["layer types"] = ", ".join(f"{n} {k}" for k, n in info["layer_types"].items())
-        c.fields(pretty)
-        if plan is not None:
-            c.print()
-            c.print(plan["text"])
-        if model == "tiny":
+            c.json({**info, "problems": problems, "remedy": remedy})
+        else:
+            _print_show(c, info)
+        if problems:  # a damaged or incomplete folder is not fine to use: say so, and fail
+            c.error(f"{info['name']} cannot be loaded: {len(problems)} problem{'s' if len(problems) != 1 else ''}:\n"
+                    + "\n".join(f"  - {p}" for p in problems) + (f"\n{remedy}" if remedy else ""))
+            raise typer.Exit(1)
+        if model == "tiny" and not as_json:
             c.note("tiny has random weights: its output is noise")
+
+
+def _print_show(c: Console, info: dict[str, Any]) -> None:
+    from ..console import size
+
+    plan = info.pop("memory_plan", None)
+    storage, layout = info.pop("storage", {}), info.pop("layout_title", None)
+    info.pop("layout", None)
+    info.pop("tensor_bytes", None)  # the index's total (`weights`) says the same
+    pretty = {k.replace("_", " "): v for k, v in info.items() if v is not None}
+    for key in ("weights bytes", "disk bytes"):
+        if key in pretty:
+            pretty[key.replace(" bytes", "")] = size(pretty.pop(key))
+    pretty["layer types"] = ", ".join(f"{n} {k}" for k, n in info["layer_types"].items())
+    if layout:
+        pretty["layout"] = layout
+    if storage:
+        pretty["storage"] = ", ".join(f"{fam} {fmt}" for fam, fmt in storage.items())
+    c.fields(pretty)
+    if plan is not None:
+        c.print()
+        c.print(plan["text"])
 
 
 @app.command()

@@ -239,14 +239,18 @@ def plan_checkpoint(path: str | Path, context: int | None, batch: int, dtype_byt
                     available: int | None = None, device: object = "cpu") -> MemoryPlan | None:
     """The plan for a checkpoint folder as `load_model` will hold it; None when the folder cannot be read
     (then `load_model` reports why)."""
-    from .weights import Checkpoint, _expert_format, drop_absent_mtp  # the on-disk form decides the bytes
+    import dataclasses
+
+    from .checkpoint import CheckpointError
+    from .weights import STORED_PRECISION, survey  # the on-disk form decides the bytes
 
     try:
-        args = ModelArgs.from_file(path)
-        ckpt = Checkpoint(path)
-    except ValueError:
+        r = survey(path)
+    except CheckpointError:
         return None
-    drop_absent_mtp(ckpt, args)
     avail = available_memory(device) if available is None else available
-    return plan(args, context or args.max_position_embeddings, batch, dtype_bytes, "ours", avail,
-                _expert_format(ckpt, args))
+    mp = plan(r.args, context or r.args.max_position_embeddings, batch, dtype_bytes, "ours", avail, r.expert_fmt)
+    # the embedding and head stay as stored, which `weight_bytes` counts as BF16: an FP32 export holds twice that
+    wide = sum(r.ckpt.nbytes(n) // 2 for n, off in r.match.names.items()
+               if off in STORED_PRECISION and n in r.ckpt.where and r.ckpt.dtype_name(n) == "F32")
+    return dataclasses.replace(mp, weights=mp.weights + wide) if wide else mp

@@ -26,11 +26,14 @@ _MAX_HEADER = 100 * 1024 * 1024
 
 
 class ShardError(UserError, ValueError):
-    """A shard that cannot be read as safetensors: the message says which file and why."""
+    """A shard whose header cannot be read as safetensors: the message says which file and why."""
 
 
 class Shard:
-    """One .safetensors file: its header (validated) and lazily mapped tensors."""
+    """One .safetensors file: its header (validated) and lazily mapped tensors.
+
+    An unreadable header raises ShardError; damaged entries (a cut-off file, bad offsets) are listed in
+    `problems`, and `tensor` must not be called while there are any."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -54,28 +57,32 @@ class Shard:
         self.metadata = header.pop("__metadata__", None) or {}
         self.data_start = 8 + n
         self.entries: dict[str, tuple[str, list[int], int, int]] = {}
-        problems = []
+        # Problems of single entries, kept (not raised) so a caller can still describe the rest of the file.
+        # A cut-off file is one problem however many tensors lie past its end.
+        self.problems: list[str] = []
+        cut, need = 0, 0
         for name, info in header.items():
             try:
                 dtype, shape, (lo, hi) = info["dtype"], list(info["shape"]), info["data_offsets"]
             except (KeyError, TypeError, ValueError):
-                problems.append(f"{name}: malformed header entry")
+                self.problems.append(f"{name}: malformed header entry")
                 continue
             if dtype not in DTYPES:
-                problems.append(f"{name}: unsupported dtype {dtype}")
+                self.problems.append(f"{name}: unsupported dtype {dtype}")
                 continue
             numel = 1
             for s in shape:
                 numel *= s
             itemsize = torch.empty(0, dtype=DTYPES[dtype]).element_size()
             if hi - lo != numel * itemsize or lo < 0:
-                problems.append(f"{name}: data_offsets {lo}..{hi} do not match shape {shape} x {dtype}")
-            elif self.data_start + hi > size:
-                problems.append(f"{name}: data ends at byte {self.data_start + hi} but the file has {size} "
-                                "(truncated)")
+                self.problems.append(f"{name}: data_offsets {lo}..{hi} do not match shape {shape} x {dtype}")
+                continue
+            if self.data_start + hi > size:
+                cut, need = cut + 1, max(need, self.data_start + hi)
             self.entries[name] = (dtype, shape, lo, hi)
-        if problems:
-            raise ShardError(f"{self.path.name}: " + "; ".join(problems))
+        if cut:
+            self.problems.insert(0, f"truncated: {size:,} of {need:,} bytes present ({cut} of {len(self.entries)} "
+                                 "tensors cut off)")
         self._map: mmap.mmap | None = None
 
     def names(self) -> list[str]:

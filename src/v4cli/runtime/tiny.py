@@ -20,9 +20,10 @@ from safetensors.torch import save_file
 
 from . import quant
 from .args import ModelArgs
+from .layouts import internal_to_official, official_to_hf
 from .model import Transformer
 from .model.linear import Linear
-from .weights import internal_to_official, official_to_hf
+from .weights import FP8_CONFIG
 
 PATTERNS: dict[str, tuple[list[int], int]] = {
     # name: (compress_ratios incl. the MTP entry, num_hash_layers)
@@ -31,8 +32,6 @@ PATTERNS: dict[str, tuple[list[int], int]] = {
     "hash": ([4, 128, 0, 4, 0], 2),  # hash routing on a CSA and an HCA layer
 }
 
-FP8_CONFIG = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "scale_fmt": "ue8m0",
-              "weight_block_size": [128, 128]}
 
 
 def tiny_args(pattern: str = "flash", **overrides: Any) -> ModelArgs:
