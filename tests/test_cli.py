@@ -255,7 +255,7 @@ def test_ask_second_question_reuses_the_prefix(env: Path, repo: Path) -> None:
     assert r.exit_code == 0 and "cached" in r.stderr and "no cache hit" not in r.stderr
 
 
-def test_ask_says_when_the_kernels_cannot_be_built(env: Path, tmp_path: Path) -> None:
+def test_ask_says_when_the_kernels_cannot_be_built(env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A compiler that does not exist: the build fails, the answer still comes (from the PyTorch twins),
     # the user is told why once, and the next run does not try to build again.
     cmd = [sys.executable, "-m", "v4cli.cli", "ask", "--no-think", "--max-tokens", "2", "-t", "0", "--context", "1024",
@@ -265,11 +265,13 @@ def test_ask_says_when_the_kernels_cannot_be_built(env: Path, tmp_path: Path) ->
     # the lock file a killed build leaves behind: torch's loader alone would wait on it forever
     from v4cli.runtime import kernels
 
-    (tmp_path / "kernels" / kernels.build_key()).mkdir(parents=True)
-    (tmp_path / "kernels" / kernels.build_key() / "lock").touch()
+    monkeypatch.setenv("CXX", environ["CXX"])  # the compiler is a build input: the key the command computes
+    key = kernels.key_of(kernels.build_inputs())
+    (tmp_path / "kernels" / key).mkdir(parents=True)
+    (tmp_path / "kernels" / key / "lock").touch()
     first = subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
-    assert "building the C++ CPU kernels" in first.stderr
+    assert "building the C++ kernels (once, about " in first.stderr and key in first.stderr
     assert "running on PyTorch reference ops (C++ kernels unavailable: the build failed, see " in first.stderr
     assert "WARNING" not in first.stderr and first.stdout.strip()
     assert "no-such-c++" in next((tmp_path / "kernels").glob("*/FAILED")).read_text()

@@ -225,7 +225,7 @@ def test_commands_multiline_save_load(tmp_path: Path) -> None:
 
     repl, out = drive(b, ENTER.join(keys) + ENTER, switch_model=switch)
     assert "Alt-Enter" in out and "/save FILE" in out  # /help
-    assert "top_p needs a number" in out and "cannot set 'colour'" in out
+    assert "top_p must be a number in (0, 1], not 'nope'" in out and "cannot set 'colour'" in out
     assert "use /effort high" in out and "unknown command /bogus" in out
     sent = [c["messages"] for c in b.calls]
     assert sent[0] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "line one\nline two"}]

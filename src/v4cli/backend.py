@@ -35,6 +35,7 @@ class LocalBackend:
         self.memory_plan: str | None = None
         self._tokenizer: Any = None
         self._told = False
+        self.warnings: list[str] = []  # said once after loading (a prefix cache that cannot be written, say)
 
     @property
     def is_tiny(self) -> bool:
@@ -55,7 +56,12 @@ class LocalBackend:
         kwargs: dict[str, Any] = dict(device=self.device, max_context=self.context, max_batch=self.max_batch,
                                       chunk_size=self.chunk_size)
         if self.prefix_cache:
-            kwargs["prefix_cache_dir"] = settings.home() / "cache" / "prefix"
+            folder = settings.home() / "cache" / "prefix"
+            why = settings.unwritable(folder, folder=True)
+            if why is None:
+                kwargs["prefix_cache_dir"] = folder
+            else:  # optional: answers still come, repeated prefixes are reused from memory only
+                self.warnings.append(settings.read_only("the prefix cache on disk", why))
         self.engine = Engine.from_pretrained(path, **kwargs)
         self.memory_plan = self.engine.memory_plan
         self._tokenizer = self.engine.tokenizer or chat_format.load_tokenizer()
@@ -67,9 +73,8 @@ class LocalBackend:
 
         if not self.is_tiny:
             yield Notice(f"loading {self.model} …")  # a real checkpoint takes a while: say what is happening
-        if self.device == "cpu" and kernels.will_build():
-            yield Notice("building the C++ CPU kernels (once per machine, under a minute) …")
-        self.load()
+        self.load()  # a kernel build says so itself (kernels.install), in every command
+        yield from (Notice(w, warn=True) for w in self.warnings)
         if self.device == "cpu" and kernels.enabled() and self.engine.kernels.startswith(kernels.REFERENCE):
             yield Notice(f"running on {self.engine.kernels}: decoding is slower")
 

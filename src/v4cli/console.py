@@ -71,6 +71,14 @@ class _TokensPerSecond(ProgressColumn):
         return Text(f"{speed:,.0f} tok/s" if speed else "- tok/s", style="progress.data.speed")
 
 
+def out_while_thinking(stats: Stats, answered: bool, reasoned: bool, hint: str) -> str | None:
+    """The warning for an answer whose max_tokens all went to reasoning (nothing was answered), else None."""
+    if stats.finish_reason != "length" or answered or not reasoned:
+        return None
+    return (f"the max_tokens budget ({stats.completion_tokens:,} tokens) ran out while thinking, before any answer; "
+            f"give it more with {hint}")
+
+
 def stats_line(s: Stats) -> str:
     parts = [f"{s.completion_tokens:,} tokens in {s.decode_s:.1f}s ({s.tokens_per_s:.1f} tok/s)"]
     if s.prompt_tokens:
@@ -94,6 +102,8 @@ class Console:
         self.err = RichConsole(file=err, highlight=False, soft_wrap=True, no_color=plain,
                                force_terminal=color if color else None, width=width or _pipe_width(err))
         self.show_thinking = show_thinking
+        # how the user changes things where they are (the REPL puts its /set commands here)
+        self.hints = {"show_thinking": "--show-thinking", "budget": "--max-tokens N, or --no-think"}
 
     # ---- one-liners ------------------------------------------------------------------------------------
     def error(self, message: str) -> None:
@@ -172,20 +182,24 @@ class _AnswerView:
         self.reasoning: list[str] = []
         self.thinking_since: float | None = None
         self.content_open = False  # content printed without its final newline yet
+        self.reasoned = self.answered = False
 
     def event(self, ev: BackendEvent) -> None:
         if isinstance(ev, PrefillProgress):
             return self._prefill(ev)
         self._end_prefill()
         if isinstance(ev, Notice):
-            self.c.note(ev.text)
+            (self.c.warn if ev.warn else self.c.note)(ev.text)
         elif isinstance(ev, Reasoning):
+            self.reasoned = self.reasoned or bool(ev.text)
             self._reason(ev.text)
         elif isinstance(ev, Content):
+            self.answered = self.answered or bool(ev.text.strip())
             self._end_reasoning()
             self.c.out.print(Text(ev.text), end="")
             self.content_open = not ev.text.endswith("\n")
         elif isinstance(ev, ToolCall):
+            self.answered = True
             self._end_reasoning()
             self._newline()
             self.c.out.print(Text.assemble(("tool call ", "bold cyan"), (ev.name, "cyan"), f"({ev.arguments})"))
@@ -194,6 +208,8 @@ class _AnswerView:
             self._newline()
             self.stats = ev
             self.c.note(stats_line(ev))
+            if (why := out_while_thinking(ev, self.answered, self.reasoned, self.c.hints["budget"])) is not None:
+                self.c.warn(why)
 
     def _prefill(self, ev: PrefillProgress) -> None:
         if self.bar is None:
@@ -238,7 +254,7 @@ class _AnswerView:
         if self.c.show_thinking:
             self.c.err.print()
         self.c.note(f"thought for ~{len(self.reasoning):,} tokens ({secs:.1f}s)"
-                    + ("" if self.c.show_thinking else "; --show-thinking shows it"))
+                    + ("" if self.c.show_thinking else f"; {self.c.hints['show_thinking']} shows it"))
         self.thinking_since = None
         self.reasoning = []
 

@@ -8,7 +8,7 @@ local engine, the remote client, the server and `chat_format.collect_events` all
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -48,9 +48,11 @@ class Progress:
 
 @dataclass(frozen=True)
 class Notice:
-    """A one-line remark about the backend (e.g. the tiny model's output is noise)."""
+    """A one-line remark about the backend (e.g. the tiny model's output is noise); ``warn``: shown as a
+    warning (something optional is off, an answer that ran out of budget)."""
 
     text: str
+    warn: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,28 @@ class Options:
     top_p: float | None = None
     max_tokens: int = 2048
     seed: int | None = None
+
+    @staticmethod
+    def parse(key: str, text: str) -> float | int:
+        """``text`` as the value of option ``key``, checked against its range (the sampler's: `SamplingParams`);
+        raises ValueError saying the valid range."""
+        kind, ok, valid = OPTION_RANGES[key]
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(f"{key} must be {valid}, not {text!r}") from None
+        if not ok(value):
+            raise ValueError(f"{key} must be {valid} (got {text})")
+        return value
+
+
+# (type, check, the valid range in words) for each Options field; the runtime's SamplingParams checks the same
+OPTION_RANGES: dict[str, tuple[type, Callable[[Any], bool], str]] = {
+    "temperature": (float, lambda v: 0 <= v < float("inf"), "a number >= 0"),
+    "top_p": (float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "max_tokens": (int, lambda v: v >= 1, "a whole number >= 1"),
+    "seed": (int, lambda v: True, "a whole number"),
+}
 
 
 class Backend(Protocol):

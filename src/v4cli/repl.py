@@ -17,9 +17,10 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
 
+from . import settings
 from .chat_format import defuse
 from .console import Console
-from .events import Backend, BackendEvent, Options, Reply
+from .events import OPTION_RANGES, Backend, BackendEvent, Options, Reply
 
 HELP = """\
 Type a message and press Enter to send it.
@@ -32,7 +33,8 @@ Commands:
   /think [on|off]       reasoning before answering (no argument: toggle); /nothink = /think off
   /effort high|max|off  reasoning effort (max: the Think-Max preamble)
   /system [TEXT]        set the system prompt (no TEXT: remove it)
-  /set [KEY VALUE]      temperature, top_p, max_tokens, seed or system; no argument: show settings
+  /set [KEY VALUE]      temperature (>= 0), top_p (0 to 1), max_tokens (>= 1), seed, system, or
+                        show_thinking on|off (keep the reasoning on screen); no argument: show settings
   /show                 the current settings
   /read PATH...         add files or folders (.gitignore, binaries and secrets skipped) to the next message;
                         quote a path with spaces: /read "my notes/a b.txt"
@@ -72,16 +74,25 @@ class Repl:
         self.attached: dict[str, str] = {}  # /read files waiting for the next message: real path -> block
         self.state = state or ChatState()
         if isinstance(history, Path):
-            history.parent.mkdir(parents=True, exist_ok=True)
-            history = FileHistory(str(history))
+            history = self._file_history(history)
         keys = KeyBindings()
 
         @keys.add("escape", "enter")  # Alt-Enter / Esc Enter: a newline instead of sending
         def _newline(event: Any) -> None:
             event.current_buffer.insert_text("\n")
 
+        # hints name what can be typed here, not the command line's flags
+        console.hints = {"show_thinking": "/set show_thinking on", "budget": "/set max_tokens N, or /think off"}
         self.session: PromptSession[str] = PromptSession(history=history or InMemoryHistory(), input=input,
                                                          output=output, key_bindings=keys, multiline=False)
+
+    def _file_history(self, path: Path) -> History:
+        """Input history kept in ``path``; in memory only (said once) where it cannot be written."""
+        why = settings.unwritable(path, folder=False)
+        if why is None:
+            return _KeptHistory(path, self.console)
+        self.console.warn(settings.read_only("input history", why))
+        return InMemoryHistory()
 
     # ---- the loop ----------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -242,18 +253,25 @@ class Repl:
         if not key:
             return self._show()
         o = self.state.options
-        try:
-            if key == "system":
-                self.state.system = value or None
-            elif key in ("temperature", "top_p"):
-                setattr(o, key, float(value))
-            elif key in ("max_tokens", "seed"):
-                setattr(o, key, int(value))
-            else:
-                self.console.error(f"cannot set {key!r}: use temperature, top_p, max_tokens, seed or system")
+        if key == "system":
+            self.state.system = value or None
+        elif key == "show_thinking":
+            if value not in ("on", "off"):
+                self.console.error("use /set show_thinking on or /set show_thinking off")
                 return None
-        except ValueError:
-            self.console.error(f"{key} needs a number, not {value!r}")
+            self.console.show_thinking = value == "on"
+        elif key in OPTION_RANGES:
+            try:
+                parsed = Options.parse(key, value)
+                context = getattr(self.backend, "context", None)  # a local model's; a server says its own
+                if key == "max_tokens" and isinstance(context, int) and parsed >= context:
+                    raise ValueError(f"max_tokens must be below the context ({context:,} tokens)")
+            except ValueError as e:
+                self.console.error(str(e))
+                return None
+            setattr(o, key, parsed)
+        else:
+            self.console.error(f"cannot set {key!r}: use {', '.join(OPTION_RANGES)}, show_thinking or system")
             return None
         self.console.note(f"{key} = {value}")
         return None
@@ -262,6 +280,7 @@ class Repl:
         s = self.state
         self.console.fields({"model": self.backend.model or "(server default)",
                              "thinking": "on" if s.thinking else "off", "effort": s.effort or "default",
+                             "show_thinking": "on" if self.console.show_thinking else "off",
                              "system": s.system or "-", **{k: "default" if v is None else v
                                                            for k, v in asdict(s.options).items()},
                              "turns": len(s.messages) // 2})
@@ -321,6 +340,25 @@ class Repl:
         self.backend.close()
         self.backend = new
         self.console.note(f"model {arg} (loads on the next question)")
+
+
+class _KeptHistory(FileHistory):
+    """A FileHistory that, when its file stops being writable mid-session (disk full, a remount), warns once
+    and keeps the rest of the session in memory instead of failing every message."""
+
+    def __init__(self, path: Path, console: Console) -> None:
+        super().__init__(str(path))
+        self.console, self.failed = console, False
+
+    def store_string(self, string: str) -> None:
+        if self.failed:
+            return
+        try:
+            super().store_string(string)
+        except OSError as e:
+            self.failed = True
+            self.console.warn(settings.read_only("input history", f"{self.filename} cannot be written "
+                                                                  f"({e.strerror or e})"))
 
 
 def _some(items: list[str], shown: int = 3) -> str:

@@ -31,20 +31,37 @@ from .app import (
 )
 
 if TYPE_CHECKING:
+    from ..console import Console
     from ..events import Backend
+    from ..ingest import Piped
 
-def _stdin_text() -> str | None:
-    """Piped input (`cat log | v4 ask ...`); None when stdin is a terminal or empty."""
+
+def _stdin(budget_tokens: int) -> Piped | None:
+    """Piped input (`cat log | v4 ask ...`), read up to a bound (see `ingest.stdin`); None when stdin is a
+    terminal or empty."""
+    from ..ingest import read_limit, read_piped
+
     stream = sys.stdin
     if stream is None or stream.isatty():
         return None
-    data = stream.read()
-    return data if data.strip() else None
+    return read_piped(getattr(stream, "buffer", None) or _Bytes(stream), read_limit(budget_tokens))
+
+
+class _Bytes:
+    """A text stream read as UTF-8 bytes (a stdin replaced by one without a binary buffer)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def read(self, n: int) -> bytes:
+        return self.stream.read(n).encode("utf-8", "surrogateescape")
 
 
 @app.command()
 def ask(
-    question: Annotated[str, typer.Argument(metavar="QUESTION", help="The question. Piped stdin is added before it.")],
+    question: Annotated[str, typer.Argument(
+        metavar="QUESTION", help="The question. Piped stdin is added before it (read up to 16 bytes per token of "
+        "budget; one too long for the budget keeps its head and tail, and says what was cut).")],
     file: Annotated[list[Path] | None, opt("--file", "-f", metavar="PATH", help="A file, folder or repository "
                                             "(repeatable). .gitignore, binaries and secrets are skipped.")] = None,
     model: ModelOpt = None,
@@ -97,7 +114,7 @@ def ask(
         if conv is not None and model is None and conv.endpoint == logs.endpoint(url):
             model = conv.model
         history = conv.head() if conv else []
-        stdin = _stdin_text()
+        stdin = _stdin(context - max_tokens)
         mode = "thinking" if think else "chat"
         files, skipped = ingest.collect(file, extra_ignores=exclude or [], follow_gitignore=not no_gitignore) \
             if file else ([], [])
@@ -120,6 +137,8 @@ def ask(
         if ing is not None and ing.dropped:
             c.warn(f"{len(ing.dropped)} file(s) left out to fit {context - max_tokens:,} tokens "
                    "(--dry-run lists them; raise --context to keep them)")
+        if ing is not None and ing.stdin is not None:
+            c.warn(ing.stdin.describe())
         # defused either way (ingest defuses its prompt): a remote server gets what the local encoder writes
         content = chat_format.defuse(question) if ing is None else _user_text(ing.prompt_text, mode)
         backend = backend_for(model, url, api_key, context)
@@ -150,7 +169,7 @@ def ask(
                 c.render(events)
                 record()
                 return
-            out = _as_json(events, backend)
+            out = _as_json(events, backend, c)
             record()
             out["conversation"] = recorder.cid
             if ing is not None:
@@ -161,11 +180,14 @@ def ask(
 
 
 
-def _as_json(events: Iterable[Any], backend: Backend) -> dict[str, Any]:
-    from ..events import Reply
+def _as_json(events: Iterable[Any], backend: Backend, c: Console) -> dict[str, Any]:
+    from ..console import out_while_thinking
+    from ..events import Notice, Reply
 
     reply = Reply()
     for ev in events:
+        if isinstance(ev, Notice) and ev.warn:  # something optional is off: said on stderr in JSON mode too
+            c.warn(ev.text)
         reply.add(ev)
     # the model is read after the answer: a remote backend resolves it on its first request
     out: dict[str, Any] = {"model": backend.model, "answer": reply.content, "reasoning": reply.reasoning,
@@ -175,6 +197,9 @@ def _as_json(events: Iterable[Any], backend: Backend) -> dict[str, Any]:
         out["usage"] = {"prompt_tokens": st.prompt_tokens, "cached_tokens": st.cached_tokens,
                         "completion_tokens": st.completion_tokens, "prefill_s": round(st.prefill_s, 3),
                         "decode_s": round(st.decode_s, 3), "finish_reason": st.finish_reason}
+        answered = bool(reply.content.strip() or reply.tool_calls)
+        if (why := out_while_thinking(st, answered, bool(reply.reasoning), c.hints["budget"])) is not None:
+            c.warn(why)  # stderr: stdout stays the JSON
     return out
 
 

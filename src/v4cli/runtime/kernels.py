@@ -1,6 +1,7 @@
 """The compiled kernels behind `ops`: C++ for the CPU (csrc/), built on first use and cached.
 
-`install()` builds (once per source, torch version and CPU) and registers them; without a compiler, the
+`install()` builds (once per set of build inputs: sources, flags, compiler, torch and Python as installed, the
+CPU; see `build_inputs`), saying so on stderr, and registers them; without a compiler, the
 sources or a working build, the PyTorch twins keep running and `install()` says why in one line.
 `V4_KERNELS=0` keeps the twins. `make setup` builds them ahead of time.
 """
@@ -10,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import os
 import platform
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,15 +46,68 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "v4cli-kernels"
 
 
-@functools.cache  # read once per process: will_build() and install() both ask
-def build_key() -> str:
-    """Sources, flags, torch and the CPU's features: -march=native code must not move to another CPU."""
+# What the compiler sees besides the sources and flags: torch's JIT picks the compiler from CXX, and
+# the usual flag variables may reach it through the compiler driver.
+BUILD_ENV = ("CXX", "CC", "CFLAGS", "CXXFLAGS", "CPPFLAGS", "LDFLAGS")
+
+
+def build_inputs() -> dict[str, str]:
+    """Everything a build depends on, by name. Two installs on one machine (two virtual environments, two
+    checkouts) differ in torch's folder or the sources' (both are in the ninja file: another path means a
+    rebuild), often in torch's or Python's version; sharing a folder, each would rebuild over the other's
+    build on every run."""
+    import sys
+    import sysconfig
+
     h = hashlib.sha256()
     for name in SOURCES + HEADERS:
         h.update(name.encode() + b"\0" + (CSRC / name).read_bytes())
-    h.update(" ".join(CFLAGS).encode() + torch.__version__.encode() + platform.machine().encode())
-    h.update(_cpu_flags().encode())
+    cxx = os.environ.get("CXX", "c++")
+    return {
+        "sources": h.hexdigest(),
+        "csrc": str(CSRC),  # the ninja file names the sources by path: another checkout is another build
+        "cflags": " ".join(CFLAGS),
+        "torch": torch.__version__,
+        "torch_git": str(getattr(torch.version, "git_version", "")),
+        "torch_cxx11_abi": str(torch.compiled_with_cxx11_abi()),
+        "torch_dir": str(Path(torch.__file__).resolve().parent),
+        "python": f"{sys.implementation.cache_tag} {sysconfig.get_config_var('EXT_SUFFIX')}",
+        "python_include": str(sysconfig.get_paths().get("include", "")),
+        "compiler": _compiler(cxx),
+        "env": " ".join(f"{k}={os.environ[k]}" for k in BUILD_ENV if k in os.environ),
+        "machine": platform.machine(),
+        "cpu": _cpu_flags(),
+    }
+
+
+def _compiler(cxx: str) -> str:
+    """The compiler by its resolved path, size and time (an upgrade changes them; no process is started)."""
+    import shutil
+
+    found = shutil.which(cxx)
+    if found is None:
+        return f"{cxx} (not found)"
+    real = Path(found).resolve()
+    st = real.stat()
+    return f"{real}:{st.st_size}:{int(st.st_mtime)}"
+
+
+def key_of(inputs: dict[str, str]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(inputs):
+        h.update(f"{k}={inputs[k]}\0".encode())
     return h.hexdigest()[:16]
+
+
+@functools.cache  # read once per process: will_build() and install() both ask
+def build_key() -> str:
+    """The build folder's name: every input of the build (`build_inputs`); -march=native code must not move to
+    another CPU, and one install's build must not be another's."""
+    return key_of(build_inputs())
+
+
+def build_dir() -> Path:
+    return cache_dir() / build_key()
 
 
 def _cpu_flags() -> str:
@@ -69,10 +125,26 @@ def will_build() -> bool:
     if not enabled():
         return False
     try:
-        out = cache_dir() / build_key()
+        out = build_dir()
         return not (any(out.glob("v4cli_cpu*.so")) or (out / "FAILED").exists())
     except OSError:
         return False
+
+
+def _estimate_s() -> int:
+    """Seconds a build takes here: the last one's, else a guess from the cores (ninja compiles the sources
+    in parallel; about two minutes of one core in all)."""
+    try:
+        return int(float((cache_dir() / "last-build-seconds").read_text()))
+    except (OSError, ValueError):
+        return int(round(10 + 150 / min(os.cpu_count() or 1, len(SOURCES)), -1))
+
+
+def _announce(message: str) -> None:
+    """Straight to stderr, from every command that loads the kernels (ask, chat, serve, a script's Engine)."""
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
 
 
 def _build() -> None:
@@ -86,11 +158,16 @@ def _build() -> None:
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
     except ImportError:
         pass
-    out = cache_dir() / build_key()
+    out = build_dir()
     failed = out / "FAILED"
     if failed.exists():  # do not recompile (tens of seconds) on every start after a failure
         raise RuntimeError(f"an earlier build failed, see {failed}; delete {out} to retry")
+    building = will_build()
     out.mkdir(parents=True, exist_ok=True)
+    if building:
+        (out / "inputs.json").write_text(json.dumps(build_inputs(), indent=2) + "\n")  # what this folder is for
+        _announce(f"building the C++ kernels (once, about {_estimate_s()} s) in {out} …")
+    start = time.monotonic()
     log = logging.getLogger(cpp_extension.__name__)
     level, log.level = log.level, logging.ERROR  # its compiler warnings would land in the user's terminal
     try:
@@ -98,6 +175,8 @@ def _build() -> None:
             cpp_extension.load(name="v4cli_cpu", sources=[str(CSRC / s) for s in SOURCES],
                                extra_cflags=list(CFLAGS), build_directory=str(out), is_python_module=False,
                                verbose=False)
+        if building:
+            (cache_dir() / "last-build-seconds").write_text(f"{time.monotonic() - start:.0f}\n")
     except Exception as e:
         failed.write_text(f"{type(e).__name__}: {e}\n")
         line = _first_line(e)

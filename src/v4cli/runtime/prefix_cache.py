@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .args import ModelArgs
@@ -34,6 +34,7 @@ class PrefixCache:
         self.ram: OrderedDict[str, tuple[int, SeqState]] = OrderedDict()
         self.disk = Path(disk_dir) / model_key[:16] if disk_dir else None
         self.on_disk: dict[str, int] = {}  # hash -> prefix length
+        self.disk_error: str | None = None  # why writing to disk stopped, if it did
         if self.disk is not None and self.disk.is_dir():
             for f in self.disk.glob("*.safetensors"):
                 try:
@@ -87,7 +88,10 @@ class PrefixCache:
         snap = state.snapshot()
         self._remember(h, len(tokens), snap)
         if self.disk is not None and h not in self.on_disk:
-            self._write(h, len(tokens), snap)
+            try:
+                self._write(h, len(tokens), snap)
+            except (OSError, SafetensorError) as e:  # optional: an unwritable folder, a full disk: RAM only now
+                self.disk, self.disk_error = None, str(getattr(e, "strerror", None) or e)
 
     def _remember(self, h: str, length: int, state: SeqState) -> None:
         self.ram[h] = (length, state)

@@ -74,11 +74,16 @@ def ensure_builtin(folder: Path) -> Path:
     if all(f.exists() for f in files) and json.loads(marker.read_text()) == json.loads(json.dumps(stamp)):
         return folder
     tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write_checkpoint(tmp, builtin_args(), seed=0, turn_ends=builtin_turn_ends())
-    (tmp / "v4-builtin.json").write_text(json.dumps(stamp, indent=2) + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)  # atomic: an interrupted write never leaves a half model under the real name
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_checkpoint(tmp, builtin_args(), seed=0, turn_ends=builtin_turn_ends())
+        (tmp / "v4-builtin.json").write_text(json.dumps(stamp, indent=2) + "\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)  # atomic: an interrupted write never leaves a half model under the real name
+    except OSError as e:  # a read-only V4_HOME: say so in its terms, not as [Errno 30] on a .partial folder
+        from ..settings import cannot_write
+
+        raise cannot_write("the built-in model", folder, e) from None
     return folder
 
 

@@ -53,6 +53,8 @@ class Server:
         except Exception as e:  # the server stays up and says why on every request
             self.load_error = f"the model could not be loaded: {e}"
         if self.announce:
+            for w in self.backend.warnings:  # optional things turned off (a prefix cache that cannot be written)
+                self.announce(f"warning: {w}")
             self.announce(self.load_error or f"ready: {self.backend.model}, context {self.context:,} tokens, "
                           f"kernels: {self.backend.engine.kernels}")
 
