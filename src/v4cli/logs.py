@@ -317,13 +317,14 @@ class Recorder:
             self.warn(f"not logging ({e}; --no-log or V4_NO_LOG=1 turns logging off)")
 
 
-def inputs(paths: Sequence[Path], ing: Any, stdin: str | None) -> dict[str, Any]:
+def inputs(paths: Sequence[Path], ing: Any, stdin: Any) -> dict[str, Any]:
     """What an `ask` read, for the log: the paths given, the files kept and left out (as the prompt names
-    them) and how much stdin; `ing` is the `ingest.Ingested` prompt, or None when nothing was read."""
+    them) and how much stdin; `ing` is the `ingest.Ingested` prompt, or None when nothing was read, `stdin`
+    the `ingest.Piped` input or None."""
     if ing is None:
         return {}
     return {"paths": [str(p.resolve()) for p in paths], "files": [f.path for f in ing.files],
-            "dropped": [d.path for d in ing.dropped], "stdin_chars": len(stdin or "")}
+            "dropped": [d.path for d in ing.dropped], "stdin_chars": len(stdin.text) if stdin is not None else 0}
 
 
 def first_words(text: str, width: int = 40) -> str:
