@@ -150,7 +150,7 @@ def child_ours(job: dict[str, Any]) -> dict[str, Any]:
 
     from v4cli.runtime import Engine, SamplingParams
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(job.get("threads", THREADS))
     ctx, n = job["ctx"], job["decode"]
     dtype = inspect.signature(Engine.from_pretrained).parameters.get("dtype")  # what we leave to its default
     default = dtype.default if dtype is not None else "?"
@@ -222,7 +222,7 @@ def child_ceiling(job: dict[str, Any]) -> dict[str, Any]:
     """Streaming ceiling: a BF16 GEMV over ~1 GiB of weights through torch, best of several."""
     import torch
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(job.get("threads", THREADS))
     k = 4096
     w = torch.randn((1 << 30) // (2 * k), k, dtype=torch.bfloat16)
     x = torch.randn(k, dtype=torch.bfloat16)
@@ -400,6 +400,11 @@ def main() -> None:
                 row["ceiling"] = run_child({"side": "ceiling", "reps": 3 if a.quick else 8}, a.max_seconds,
                                            a.omp_wait)
                 notes.append(wide_note(row, ctx))
+                if THREADS > 1:  # how the kernels scale: the same decode and ceiling on one thread
+                    row["one_thread"] = run_child({**job, "side": "ours", "threads": 1}, a.max_seconds, a.omp_wait)
+                    row["ceiling_one"] = run_child({"side": "ceiling", "reps": 3 if a.quick else 8,
+                                                    "threads": 1}, a.max_seconds, a.omp_wait)
+                    notes.append(threads_note(row, ctx))
             rows.append(row)
     text = render(a, mach, rows, notes)
     print(text)
@@ -421,6 +426,15 @@ def wide_note(row: dict[str, Any], ctx: int) -> str:
     return (head + f" x {tok:.2f} tok/s = **{gbps:.1f} GB/s**, **{100 * gbps / ceil:.0f}%** of the streaming "
             f"ceiling {ceil:.1f} GB/s (BF16 GEMV over {row['ceiling']['nbytes'] / (1 << 30):.0f} GiB, best of "
             f"{methods} GB/s, {THREADS} threads)")
+
+
+def threads_note(row: dict[str, Any], ctx: int) -> str:
+    one, two = rate(row["one_thread"], "decode", ctx), rate(row["ours"], "decode", ctx)
+    c1, c2 = row["ceiling_one"].get("gbps"), row["ceiling"].get("gbps")
+    if None in (one, two, c1, c2):
+        return f"{row['set']} threads: not measured ({row['one_thread'].get('error')})"
+    return (f"{row['set']} decode from 1 to {THREADS} threads: {one:.2f} -> {two:.2f} tok/s (**{two / one:.2f}x**); "
+            f"the streaming ceiling {c1:.1f} -> {c2:.1f} GB/s ({c2 / c1:.2f}x)")
 
 
 if __name__ == "__main__":

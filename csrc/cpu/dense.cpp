@@ -12,7 +12,6 @@
 // Tiles of 4 input rows x 4 weight rows keep 16 accumulators in registers, so W is read once for every
 // 4 input rows (once for the whole batch up to 4 rows, from cache after that).
 
-#include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
@@ -26,6 +25,7 @@
 #endif
 
 #include "../ops.h"
+#include "parallel.h"
 
 namespace v4cli {
 namespace {
@@ -211,7 +211,7 @@ void dense_rows(const TX* x, const T* w, TY* y, int64_t m_rows, int64_t n_out, i
   // bfloat16 weights serving several row tiles are widened once per weight tile, not once per row tile.
   // (Not with vdpbf16ps, which reads bfloat16 as it is.)
   const bool widen = std::is_same<TX, float>::value && !std::is_same<T, float>::value && m_rows > kTileRows;
-  at::parallel_for(0, row_blocks * col_blocks, grain, [&](int64_t t0, int64_t t1) {
+  parallel_tasks(row_blocks * col_blocks, grain, [&](int64_t t0, int64_t t1) {
     std::vector<float> wide(widen ? kTileCols * k : 0);
     for (int64_t t = t0; t < t1; ++t) {
       // Weight blocks outermost: consecutive tasks share the block of input rows and stream W.

@@ -2,12 +2,12 @@
 // n x n mix. The PyTorch twin runs about 4 * iters small tensor ops per call; a decode step makes two calls
 // per layer, so on the CPU the dispatch overhead, not the arithmetic, is what this kernel removes.
 
-#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
 
 #include "../ops.h"
+#include "parallel.h"
 
 namespace v4cli {
 namespace {
@@ -41,7 +41,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hc_sinkhorn_cpu(const at::Tensor&
   float* pre_p = pre.data_ptr<float>();
   float* post_p = post.data_ptr<float>();
   float* comb_p = comb.data_ptr<float>();
-  at::parallel_for(0, T, 64, [&](int64_t t0, int64_t t1) {
+  parallel_tasks(T, 64, [&](int64_t t0, int64_t t1) {
     float c[kMaxStreams * kMaxStreams], sums[kMaxStreams];
     for (int64_t t = t0; t < t1; ++t) {
       const float* row = mp + t * width;
