@@ -76,6 +76,8 @@ def ask(
       git diff | v4 ask "write a commit message"
     """
     from .. import chat_format, ingest
+    from ..backend import LocalBackend, default_model
+    from ..errors import UserError
     from ..events import Options
 
     c = console(show_thinking)
@@ -85,11 +87,16 @@ def ask(
             raise typer.BadParameter(f"must be below --context ({context})", param_hint="--max-tokens")
         stdin = _stdin_text()
         mode = "thinking" if think else "chat"
-        files, skipped = ingest.collect(file, extra_ignores=exclude or [], follow_gitignore=not no_gitignore) \
-            if file else ([], [])
+        if dry_run and not url:  # the real run's refusals too: a name that is no model, a context past its limit
+            LocalBackend(model or default_model(), context=context).check(materialize=False)
+        try:
+            files, skipped = ingest.collect(file, extra_ignores=exclude or [], follow_gitignore=not no_gitignore) \
+                if file else ([], [])
+        except FileNotFoundError as e:  # a --file path that does not exist
+            raise UserError(f"--file: {e.args[0] if e.args else e}") from None
         if file and not files:
             why = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:5]) or "it is empty"
-            raise ValueError(f"nothing to read in {', '.join(map(str, file))} ({why})")
+            raise UserError(f"nothing to read in {', '.join(map(str, file))} ({why})")
         ing = None
         if files or stdin is not None or dry_run:
             ing = ingest.build_prompt(files, question, tokenizer=chat_format.load_tokenizer(), stdin_text=stdin,

@@ -17,9 +17,13 @@ def pull(
                                               "(repeatable; config and tokenizer always come).")] = None,
     token: Annotated[str | None, opt("--token", metavar="TOKEN", envvar="HF_TOKEN", help="Hub token.")] = None,
     checksums: Annotated[bool, opt("--checksums", help="Also hash every file against the Hub.")] = False,
+    context: Annotated[int, opt("--context", min=256, metavar="TOKENS", help="Context of the memory plan "
+                                "printed first.")] = 32768,
 ) -> None:
-    """Download a model from the Hugging Face Hub, resuming what an earlier pull left, then check it.
+    """Download a model from the Hugging Face Hub, then check it. A pull that stopped (Ctrl-C, a lost
+    connection, a reboot) continues where it stopped, inside the file it was writing.
 
+    The memory plan comes first, with a warning when the model cannot fit this machine (the pull goes on).
     HF_ENDPOINT picks a mirror, HF_HUB_OFFLINE=1 only checks the local cache.
 
     Examples:
@@ -29,9 +33,20 @@ def pull(
       v4 pull deepseek-ai/DeepSeek-V4-Pro --revision main
     """
     from .. import hub
+    from ..runtime.plan import MemoryPlanError
 
     c = console()
-    with handled(c, f"pull interrupted: run `v4 pull {model}` again to continue; finished files are kept"):
+    with handled(c, f"pull interrupted: run `v4 pull {model}` again to continue where it stopped"):
+        plan = hub.plan_for_pull(model, context)
+        if plan is not None:
+            c.info(plan.describe())
+            try:
+                plan.check()
+            except MemoryPlanError as e:
+                c.warn(f"{model} at {context:,} tokens cannot run on this machine as it is: {e}. Pulling anyway.")
+        elif hub.repo_id_of(model) is not None:
+            c.note(f"no memory plan before the download: v4 knows the config of flash and pro only "
+                   f"(`v4 show {model} --context N` gives it once pulled)")
         with c.download(model) as progress:
             path = hub.pull(model, revision=revision, include=include or None, token=token, progress=progress,
                             checksums=checksums)
@@ -49,7 +64,7 @@ def list_(as_json: JsonOpt = False) -> None:
       v4 list --json
     """
     from .. import hub
-    from ..console import size
+    from ..sizes import size
 
     c = console()
     with handled(c):
@@ -74,7 +89,8 @@ def show(
                                         "this context.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show a model's configuration, its size and (with --context) the memory it needs.
+    """Show a model's configuration, its size and (with --context) the memory it needs. flash and pro
+    answer before they are pulled too, with their memory plan (at 32,768 tokens without --context).
 
     Examples:
 
@@ -83,7 +99,7 @@ def show(
       v4 show tiny --json
     """
     from .. import hub
-    from ..console import size
+    from ..sizes import gigabytes, size
 
     c = console()
     with handled(c):
@@ -91,16 +107,24 @@ def show(
         if as_json:
             c.json(info)
             return
-        plan = info.pop("memory_plan", None)
+        plan, status = info.pop("memory_plan", None), info.pop("status", None)
+        pulled = info.pop("pulled")
         pretty = {k.replace("_", " "): v for k, v in info.items() if v is not None}
         for key in ("weights bytes", "disk bytes"):
             if key in pretty:
                 pretty[key.replace(" bytes", "")] = size(pretty.pop(key))
+        if not pulled:
+            pretty.pop("disk")
+            pretty["download"] = f"about {gigabytes(pretty.pop('download bytes'))}"
         pretty["layer types"] = ", ".join(f"{n} {k}" for k, n in info["layer_types"].items())
         c.fields(pretty)
         if plan is not None:
             c.print()
             c.print(plan["text"])
+            if not plan["fits"]:
+                c.warn(f"{model} at {plan['context']:,} tokens does not fit this machine's memory as it is")
+        if status is not None:
+            c.info(status)
         if model == "tiny":
             c.note("tiny has random weights: its output is noise")
 
@@ -114,7 +138,7 @@ def rm(model: Annotated[str, typer.Argument(metavar="MODEL", help="Model to dele
       v4 rm flash
     """
     from .. import hub
-    from ..console import size
+    from ..sizes import size
 
     c = console()
     with handled(c):
