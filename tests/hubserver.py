@@ -5,7 +5,9 @@ Endpoints (what `HF_ENDPOINT` clients call):
   GET  /api/models/{repo}/tree/{rev}?recursive  file list: type, path, size, oid (+ lfs {oid, size, pointerSize})
   HEAD /{repo}/resolve/{rev}/{path}             X-Repo-Commit, ETag, X-Linked-Etag/X-Linked-Size (LFS), Content-Length
   GET  /{repo}/resolve/{rev}/{path}             the bytes; `Range: bytes=N-` answered with 206 + Content-Range
-Faults: `cut_once` / `cut_always` hold file names whose GET sends half the bytes and then drops the connection.
+Faults: `cut_once` / `cut_always` hold file names whose GET sends half the bytes and then drops the connection;
+`stall` holds names whose GET sends half the bytes and then waits (until `release()` or the server stops), so a
+client can be stopped mid-file.
 """
 
 from __future__ import annotations
@@ -54,7 +56,9 @@ class FakeHub(LoopbackServer):
     repos: dict[str, Repo] = field(default_factory=dict)
     cut_once: set[str] = field(default_factory=set)
     cut_always: set[str] = field(default_factory=set)
+    stall: set[str] = field(default_factory=set)
     log: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range header)
+    released: threading.Event = field(default_factory=threading.Event)
     auth: set[str | None] = field(default_factory=set)  # Authorization headers seen
 
     def add(self, repo_id: str, folder: Path, commit: str = "a" * 40) -> Repo:
@@ -65,6 +69,14 @@ class FakeHub(LoopbackServer):
     def gets(self, name: str) -> list[str | None]:
         """The Range headers of every GET of file `name` (None: a whole-file request)."""
         return [r for m, p, r in self.log if m == "GET" and "/resolve/" in p and p.endswith("/" + name)]
+
+    def release(self) -> None:
+        """Let stalled transfers end (they hang up without sending the rest)."""
+        self.released.set()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+        super().__exit__(*exc)
 
     def __enter__(self) -> FakeHub:
         hub = self
@@ -147,7 +159,8 @@ class FakeHub(LoopbackServer):
         body = data[start:]
         cut = name in self.cut_always or name in self.cut_once
         self.cut_once.discard(name)
-        if not cut:
+        stall = name in self.stall
+        if not cut and not stall:
             return self._send(h, status, body, headers)
         h.send_response(status)  # promise the whole body, deliver half, hang up: a dropped connection
         for k, v in {**headers, "Content-Length": str(len(body)), "Connection": "close"}.items():
@@ -155,6 +168,8 @@ class FakeHub(LoopbackServer):
         h.end_headers()
         h.wfile.write(body[: len(body) // 2])
         h.wfile.flush()
+        if stall:  # the client stops while waiting for the rest
+            self.released.wait(60)
         h.close_connection = True
 
     def _error(self, h: BaseHTTPRequestHandler, status: int, code: str, extra: dict | None = None) -> None:

@@ -119,8 +119,8 @@ def test_unknown_model_everywhere(env: Path) -> None:
         assert r.exit_code == 1, args
         assert "error:" in r.stderr and "gpt-9" in r.stderr or "not a model" in r.stderr, args
         assert "Traceback" not in r.output
-    r = run("show", "flash")
-    assert r.exit_code == 1 and "not pulled yet: run `v4 pull flash`" in r.stderr
+    r = run("show", "nobody/else")  # a repo v4 knows nothing about: nothing to show before the pull
+    assert r.exit_code == 1 and "not pulled yet: run `v4 pull nobody/else`" in r.stderr
 
 
 def test_rm_local_model_and_nothing_to_remove(ckpt_dir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -149,7 +149,7 @@ def test_pull_list_rm(fake: FakeHub) -> None:
 
 def test_pull_errors(fake: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
     with monkeypatch.context() as mp:  # checked before any byte is fetched
-        mp.setattr(hub.shutil, "disk_usage", lambda p: types.SimpleNamespace(total=10**6, used=0, free=1000))
+        mp.setattr(hub.env.shutil, "disk_usage", lambda p: types.SimpleNamespace(total=10**6, used=0, free=1000))
         r = run("pull", "flash")
     assert r.exit_code == 1 and "not enough disk space" in r.stderr and "1,000 bytes" in r.stderr
     r = run("pull", "nobody/missing")
@@ -172,7 +172,7 @@ def test_pull_interrupted_and_offline(fake: FakeHub, monkeypatch: pytest.MonkeyP
         raise KeyboardInterrupt
 
     with monkeypatch.context() as mp:
-        mp.setattr(hub, "snapshot_download", cut)
+        mp.setattr(hub.download, "snapshot_download", cut)
         r = run("pull", "flash")
     assert r.exit_code == 130 and "pull interrupted: run `v4 pull flash` again" in r.stderr
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -314,3 +314,148 @@ def test_ask_and_chat_against_a_server(env: Path, monkeypatch: pytest.MonkeyPatc
         assert r.exit_code == 1 and "HTTP 401" in r.stderr and "--api-key" in r.stderr
     r = run("ask", "--url", srv.url, "q")
     assert r.exit_code == 1 and "cannot reach" in r.stderr and "Traceback" not in r.output
+
+
+# ---- errors in the user's terms -----------------------------------------------------------------------------------
+BUG = ("import sys, rich.table\n"
+       "def boom(*a, **k):\n    raise {exc}('boom from a library')\n"
+       "rich.table.Table.add_row = boom\n"
+       "from v4cli.cli import app\nsys.argv[0] = 'v4'\napp()")
+
+
+@pytest.mark.parametrize("exc", ["ValueError", "PermissionError"])
+def test_a_bug_shows_its_traceback(env: Path, exc: str) -> None:
+    # a third-party function failing is a bug, not the user's doing: the traceback stays (ValueError and
+    # OSError were once printed as one line, hiding real bugs)
+    r = subprocess.run([sys.executable, "-c", BUG.format(exc=exc), "show", "flash"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1
+    assert "Traceback (most recent call last)" in r.stderr and f"{exc}: boom from a library" in r.stderr
+    assert "error: boom" not in r.stderr
+
+
+def test_user_errors_are_one_message(env: Path, tmp_path: Path) -> None:
+    cases = [
+        (["ask", "--file", str(tmp_path / "missing.py"), "q"], "--file: no such file or folder: "),
+        (["show", str(tmp_path / "missing")], "no such folder"),
+    ]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_bytes(b"\xff\xfe{}")  # not text: once a UnicodeDecodeError traceback
+    cases.append((["show", str(bad)], f"{bad / 'config.json'} is not UTF-8 text"))
+    for args, message in cases:
+        r = run(*args)
+        assert r.exit_code == 1 and message in r.stderr, (args, r.output)
+        assert "Traceback" not in r.output and len(r.stderr.strip().splitlines()) == 1, args
+
+
+def test_handled_keeps_bugs_and_stops_user_errors() -> None:
+    import typer
+
+    from v4cli.cli.app import handled
+    from v4cli.console import Console
+    from v4cli.errors import UserError
+
+    c = Console()
+    for bug in (ValueError("x"), OSError(2, "No such file or directory"), KeyError("k")):
+        with pytest.raises(type(bug)), handled(c):
+            raise bug
+    with pytest.raises(typer.Exit) as stopped, handled(c):
+        raise UserError("your fault")
+    assert stopped.value.exit_code == 1
+
+
+# ---- advice that leads somewhere ------------------------------------------------------------------------------------
+def test_a_name_that_is_no_model_says_what_a_model_is(env: Path) -> None:
+    for args in (["ask", "--model", "./nonsense", "q"], ["ask", "--model", "./nonsense", "--dry-run", "q"],
+                 ["pull", "./nonsense"], ["chat", "--model", "../nowhere"], ["serve", "--model", "./nonsense"]):
+        r = run(*args, input="/exit\n")
+        assert r.exit_code == 1, (args, r.output)
+        assert "no such folder" in r.stderr and "flash, pro, tiny, a Hub repo id (owner/name)" in r.stderr, args
+        assert "v4 pull ./" not in r.stderr and "v4 pull ../" not in r.stderr, args
+    r = run("ask", "--model", "gpt-9", "--dry-run", "q")  # a dry run refuses what the real run refuses
+    assert r.exit_code == 1 and "unknown model 'gpt-9'" in r.stderr
+
+
+def test_url_without_a_scheme_is_http(env: Path) -> None:
+    with FakeOpenAI(chunks=sse_chunks("The answer| is 42.")) as srv:
+        bare = srv.url.removeprefix("http://")
+        r = run("ask", "--url", bare, "--no-think", "q")
+        assert r.exit_code == 0, r.output
+        assert r.stdout.startswith("The answer is 42.") and "read as http://" not in r.stderr
+    r = run("ask", "--url", bare, "q")  # the server is gone: now say how the URL was read
+    assert r.exit_code == 1 and f"--url {bare} was read as http://{bare}" in r.stderr and "Traceback" not in r.output
+
+
+def test_context_beyond_the_model_is_refused(ckpt_dir, env: Path) -> None:
+    short = ckpt_dir("flash", max_position_embeddings=4096)
+    for args in (["ask", "-m", str(short), "--context", "8192", "q"],
+                 ["ask", "-m", str(short), "--context", "8192", "--dry-run", "q"],
+                 ["chat", "-m", str(short), "--context", "8192"],
+                 ["serve", "-m", str(short), "--context", "8192", "--port", "0"],
+                 ["show", str(short), "--context", "8192"]):
+        r = run(*args, input="hi\n/exit\n")
+        assert r.exit_code == 1, (args, r.output)
+        assert "its limit is 4,096 (max_position_embeddings in its config.json)" in r.stderr, args
+        assert "use --context 4096 or less" in r.stderr and "Traceback" not in r.output, args
+    r = run("ask", "--context", "2000000", "--max-tokens", "8", "q")  # the built-in tiny: its own 1,048,576
+    assert r.exit_code == 1 and "its limit is 1,048,576" in r.stderr
+    r = run("ask", "-m", str(short), "--context", "4096", "--max-tokens", "8", "--dry-run", "q")
+    assert r.exit_code == 0, r.output  # at the limit is fine
+
+
+# ---- before a 160 GB download ---------------------------------------------------------------------------------------
+def test_show_a_model_not_pulled_yet(env: Path) -> None:
+    from v4cli.runtime.args import ModelArgs
+    from v4cli.runtime.plan import state_bytes, weight_bytes
+
+    r = run("show", "flash", "--context", "131072")
+    assert r.exit_code == 0, r.output
+    assert "not pulled yet (`v4 pull flash`, 160 GB)" in r.stderr
+    assert "memory plan: 1 x 131,072 tokens" in r.stdout and "hidden size" in r.stdout and "4096" in r.stdout
+    info = json.loads(run("show", "pro", "--json").stdout)
+    args = ModelArgs.from_dict(hub.known_config("pro"))
+    assert (info["pulled"], info["hidden_size"], info["layers"], info["routed_experts"]) == (False, 7168, 61, 384)
+    assert info["memory_plan"]["context"] == 32768  # v4 chat's default without --context
+    assert info["memory_plan"]["weights_bytes"] == weight_bytes(args) == info["download_bytes"]
+    assert info["memory_plan"]["state_bytes"] == state_bytes(args, 32768)
+    assert "v4 pull pro" in info["status"]
+
+
+def _memory(monkeypatch: pytest.MonkeyPatch, available: int) -> None:
+    psutil = pytest.importorskip("psutil")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=available))
+
+
+def test_pull_shows_the_plan_first_and_warns(fake: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    _memory(monkeypatch, 16 << 30)  # a 16 GiB machine: V4-Flash cannot fit
+    r = run("pull", "flash", "--context", "65536")
+    assert r.exit_code == 0, r.output
+    err = r.stderr
+    assert err.index("memory plan: 1 x 65,536 tokens") < err.index("flash is ready at")
+    assert "warning: flash at 65,536 tokens cannot run on this machine" in err and "Pulling anyway" in err
+    hub.remove("flash")
+    _memory(monkeypatch, 1 << 50)  # plenty: the plan, no warning
+    r = run("pull", "flash")
+    assert r.exit_code == 0 and "memory plan: 1 x 32,768 tokens" in r.stderr and "warning" not in r.stderr
+
+
+def test_chat_shows_a_bug_with_its_traceback_and_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import http.client
+
+    from test_repl import drive
+    from v4cli.remote import RemoteBackend
+
+    def boom(self):
+        raise ValueError("boom from a library")
+
+    with FakeOpenAI(chunks=sse_chunks("The answer| is 42.")) as srv:
+        with monkeypatch.context() as mp:
+            mp.setattr(http.client.HTTPResponse, "__iter__", boom)  # the client's reading of the stream breaks
+            _, out = drive(RemoteBackend(srv.url), "hi\n/exit\n")
+        assert "Traceback (most recent call last)" in out and "ValueError: boom from a library" in out
+        _, out = drive(RemoteBackend(srv.url), "hi\n/exit\n")  # fixed: the next session answers
+        assert "The answer is 42." in out and "Traceback" not in out
+    with FakeOpenAI(status=401, body=b'{"error": {"message": "bad key"}}') as srv:
+        _, out = drive(RemoteBackend(srv.url), "hi\n/exit\n")  # the user's to fix: one line, no traceback
+    assert "HTTP 401: bad key" in out and "Traceback" not in out

@@ -1,4 +1,5 @@
-"""hub.py against a loopback stand-in for the Hub (tests/hubserver.py) serving a tiny checkpoint in the hub's layout."""
+"""The hub package against a loopback stand-in for the Hub (tests/hubserver.py) serving a tiny checkpoint
+in the hub's layout."""
 
 from __future__ import annotations
 
@@ -135,12 +136,12 @@ def test_unknown_repo_revision_and_name(fake: FakeHub) -> None:
         hub.pull("flash", revision="v9")
     with pytest.raises(hub.ModelNotFound, match=r"unknown model 'not a model'"):
         hub.pull("not a model")
-    with pytest.raises(hub.ModelNotFound, match=r"unknown model 'gpt-9'.*alias"):
+    with pytest.raises(hub.ModelNotFound, match=r"unknown model 'gpt-9': use flash, pro, tiny, a Hub repo id"):
         hub.resolve("gpt-9")
 
 
 def test_not_enough_disk(fake: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hub.shutil, "disk_usage", lambda p: types.SimpleNamespace(total=10**6, used=0, free=1000))
+    monkeypatch.setattr(hub.env.shutil, "disk_usage", lambda p: types.SimpleNamespace(total=10**6, used=0, free=1000))
     with pytest.raises(hub.NotEnoughDisk) as err:
         hub.pull("flash")
     assert (err.value.need, err.value.free) == (_total(fake), 1000)
@@ -193,3 +194,39 @@ def test_resolve_tiny_local_and_rm_refusal(tmp_path: Path, ckpt_dir, monkeypatch
     assert (local / "config.json").exists()
 
     assert hub.remove("tiny") > 100_000_000 and not r.path.exists()
+
+
+def test_shipped_configs_are_the_official_values() -> None:
+    # architecture.md §1.1: the keys ModelArgs reads, plus the informational ones it ignores
+    import dataclasses
+
+    from v4cli.runtime.args import ModelArgs
+
+    fields = {f.name for f in dataclasses.fields(ModelArgs)}
+    informational = {"architectures", "hidden_act", "topk_method", "attention_bias"}
+    want = {"flash": (4096, 43, 64, 1024, 8, 256, 2048, 1.5, 512, [0, 0] + [4, 128] * 20 + [4, 0]),
+            "pro": (7168, 61, 128, 1536, 16, 384, 3072, 2.5, 1024, [128, 128] + [4, 128] * 29 + [4, 0])}
+    for name, values in want.items():
+        raw = hub.known_config(name)
+        assert raw is not None and set(raw) - fields == informational, name
+        a = ModelArgs.from_dict(raw)
+        assert (a.hidden_size, a.num_hidden_layers, a.num_attention_heads, a.q_lora_rank, a.o_groups,
+                a.n_routed_experts, a.moe_intermediate_size, a.routed_scaling_factor, a.index_topk,
+                a.compress_ratios) == values, name
+        assert (a.max_position_embeddings, a.fp8_weights, a.fp4_experts, a.num_nextn_predict_layers) == \
+            (1048576, True, True, 1)
+        assert hub.known_config(hub.ALIASES[name]) == raw  # the repo id finds it too
+    assert hub.known_config("tiny") is None and hub.known_config("someone/else") is None
+
+
+def test_names_written_as_paths_are_never_repo_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("V4_HOME", str(tmp_path / "v4"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    for path in ("./nonsense", "../x", "~/models/x", "/abs/path", "a/b/c", ".hidden/x", "a--b/c", "a/b..c"):
+        assert hub.repo_id_of(path) is None, path
+    for repo in ("deepseek-ai/DeepSeek-V4-Flash", "me/my.model_v2", "Org/x"):
+        assert hub.repo_id_of(repo) == repo
+    with pytest.raises(hub.ModelNotFound, match=r"'./nonsense': no such folder\. Use flash, pro, tiny"):
+        hub.resolve("./nonsense")
+    with pytest.raises(hub.ModelNotFound, match="no such folder"):
+        hub.pull("./nonsense")

@@ -45,6 +45,16 @@ class LocalBackend:
     def tokenizer(self) -> Any:
         return self._tokenizer or chat_format.load_tokenizer()
 
+    def check(self, materialize: bool = True) -> None:
+        """Refuse now what load() would refuse after seconds or minutes: a name that is no model, a context
+        beyond the model's own. `materialize=False` leaves the built-in unwritten (then only the name counts)."""
+        from . import hub
+        from .runtime.args import ModelArgs
+
+        m = hub.resolve(self.model, materialize=materialize)
+        if m.path is not None and (materialize or m.kind != "builtin"):  # a folder without config.json fails here
+            ModelArgs.from_file(m.path).check_context(self.context)
+
     def load(self) -> None:
         if self.engine is not None:
             return

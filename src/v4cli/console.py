@@ -38,17 +38,6 @@ from .events import Progress as PrefillProgress
 _TAIL_LINES = 4  # reasoning lines kept visible while it streams (collapsed mode)
 
 
-def size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    x = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if x < 1024 or unit == "TiB":
-            return f"{x:.0f} {unit}" if unit == "B" else f"{x:.1f} {unit}"
-        x /= 1024
-    return str(n)
-
-
 def _pipe_width(f: IO[str]) -> int | None:
     """Into a pipe or a file, tables are not cut to 80 columns: scripts read whole paths."""
     try:

@@ -42,6 +42,9 @@ class RemoteBackend:
     as server-sent events. Sends DeepSeek's `thinking` and `reasoning_effort` fields."""
 
     def __init__(self, url: str, model: str | None = None, api_key: str | None = None, timeout: float = 600) -> None:
+        # a bare host:port means http://host:port, as curl and httpie read it; said only if it fails
+        self.assumed = None if "://" in url else f"--url {url} was read as http://{url}"
+        url = url if self.assumed is None else f"http://{url}"
         self.url, self.timeout = url, timeout
         self.api_key = api_key or os.environ.get("V4_API_KEY") or None
         self.model = model or ""
@@ -52,15 +55,18 @@ class RemoteBackend:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(url, data=data, headers=headers, method="POST" if body else "GET")
         try:
+            req = urllib.request.Request(url, data=data, headers=headers, method="POST" if body else "GET")
             return urllib.request.urlopen(req, timeout=timeout or self.timeout)
         except urllib.error.HTTPError as e:
             raise _http_error(e.code, e.read(), url) from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise BackendError(f"cannot reach {url}: {reason}. Is the server running? (`v4 serve` starts one)") \
-                from None
+            told = f" ({self.assumed}; give the scheme if it is https://)" if self.assumed else ""
+            raise BackendError(f"cannot reach {url}: {reason}{told}. Is the server running? (`v4 serve` starts "
+                               "one)") from None
+        except ValueError as e:  # urllib refuses the URL itself (a scheme it does not know, no host)
+            raise BackendError(f"--url {self.url} is not a URL urllib can open: {e}. Use http://HOST:PORT") from None
 
     def resolve_model(self) -> str:
         """The model to ask for: the one given, else the server's first listed model."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from prompt_toolkit.key_binding import KeyBindings
 from . import settings
 from .chat_format import defuse
 from .console import Console
+from .errors import UserError
 from .events import OPTION_RANGES, Backend, BackendEvent, Options, Reply
 
 HELP = """\
@@ -368,5 +370,7 @@ def _some(items: list[str], shown: int = 3) -> str:
 
 
 def _describe(e: BaseException) -> str:
-    text = str(e).strip()
-    return text if text and not isinstance(e, (KeyError, AssertionError)) else f"{type(e).__name__}: {e!r}"
+    """A user error is its message; anything else is a bug: its traceback, so it can be seen and reported."""
+    if isinstance(e, UserError):
+        return str(e).strip() or type(e).__name__
+    return "".join(traceback.format_exception(type(e), e, e.__traceback__)).rstrip()

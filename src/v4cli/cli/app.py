@@ -2,8 +2,9 @@
 live beside it, one module per group; torch, the runtime and rich are imported inside them so `v4 --help`
 answers at once.
 
-Exit codes: 0 done, 1 a problem with the input or the environment (the message says what to do),
-2 a usage error (Typer's), 130 interrupted. Set V4_DEBUG=1 to see tracebacks.
+Exit codes: 0 done, 1 a problem with the input or the environment (a UserError: one message that says
+what to do) or a bug (its traceback), 2 a usage error (Typer's), 130 interrupted. V4_DEBUG=1 shows the
+traceback of user errors too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from .. import __version__
+from ..errors import UserError
 
 if TYPE_CHECKING:
     from ..console import Console
@@ -78,16 +80,6 @@ def console(show_thinking: bool = False) -> Console:
     return Console(show_thinking=show_thinking)
 
 
-def _user_error(e: BaseException) -> bool:
-    """Errors whose message is the whole story (no traceback): ours, the runtime's and the OS's."""
-    from ..errors import UserError
-    from ..events import BackendError
-    from ..hub import HubError
-
-    names = {c.__name__ for c in type(e).__mro__}
-    return isinstance(e, (UserError, HubError, BackendError, OSError, ValueError)) or "BudgetError" in names
-
-
 @contextlib.contextmanager
 def handled(console: Console, interrupted: str = "interrupted") -> Iterator[None]:
     try:
@@ -97,8 +89,8 @@ def handled(console: Console, interrupted: str = "interrupted") -> Iterator[None
     except KeyboardInterrupt:
         console.error(interrupted)
         raise typer.Exit(130) from None
-    except Exception as e:
-        if os.environ.get("V4_DEBUG") or not _user_error(e):
+    except UserError as e:  # the message is the whole story; anything else is a bug and keeps its traceback
+        if os.environ.get("V4_DEBUG"):
             raise
         console.error(str(e) or type(e).__name__)
         raise typer.Exit(1) from None
@@ -111,6 +103,10 @@ def check_effort(value: str | None) -> str | None:
 
 
 def backend_for(model: str | None, url: str | None, api_key: str | None, context: int) -> Backend:
-    from ..backend import make_backend
+    """The backend the flags describe; a local model is checked now (its name, --context against its limit)."""
+    from ..backend import LocalBackend, make_backend
 
-    return make_backend(model, url, api_key, context=context)
+    backend = make_backend(model, url, api_key, context=context)
+    if isinstance(backend, LocalBackend):
+        backend.check()
+    return backend

@@ -102,6 +102,7 @@ def ask(
       v4 ask -c "and how would you test it?"
     """
     from .. import chat_format, ingest, logs
+    from ..backend import LocalBackend, default_model
     from ..errors import UserError
     from ..events import Options, Reply
 
@@ -116,11 +117,16 @@ def ask(
         history = conv.head() if conv else []
         stdin = _stdin(context - max_tokens)
         mode = "thinking" if think else "chat"
-        files, skipped = ingest.collect(file, extra_ignores=exclude or [], follow_gitignore=not no_gitignore) \
-            if file else ([], [])
+        if dry_run and not url:  # the real run's refusals too: a name that is no model, a context past its limit
+            LocalBackend(model or default_model(), context=context).check(materialize=False)
+        try:
+            files, skipped = ingest.collect(file, extra_ignores=exclude or [], follow_gitignore=not no_gitignore) \
+                if file else ([], [])
+        except FileNotFoundError as e:  # a --file path that does not exist
+            raise UserError(f"--file: {e.args[0] if e.args else e}") from None
         if file and not files:
             why = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:5]) or "it is empty"
-            raise ValueError(f"nothing to read in {', '.join(map(str, file))} ({why})")
+            raise UserError(f"nothing to read in {', '.join(map(str, file))} ({why})")
         ing = None
         if files or stdin is not None or dry_run:
             budget = context - max_tokens - (logs.count_tokens(history, think) if history else 0)

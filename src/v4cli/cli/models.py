@@ -20,9 +20,13 @@ def pull(
                                               "(repeatable; config and tokenizer always come).")] = None,
     token: Annotated[str | None, opt("--token", metavar="TOKEN", envvar="HF_TOKEN", help="Hub token.")] = None,
     checksums: Annotated[bool, opt("--checksums", help="Also hash every file against the Hub.")] = False,
+    context: Annotated[int, opt("--context", min=256, metavar="TOKENS", help="Context of the memory plan "
+                                "printed first.")] = 32768,
 ) -> None:
-    """Download a model from the Hugging Face Hub, resuming what an earlier pull left, then check it.
+    """Download a model from the Hugging Face Hub, then check it. A pull that stopped (Ctrl-C, a lost
+    connection, a reboot) continues where it stopped, inside the file it was writing.
 
+    The memory plan comes first, with a warning when the model cannot fit this machine (the pull goes on).
     HF_ENDPOINT picks a mirror, HF_HUB_OFFLINE=1 only checks the local cache.
 
     Examples:
@@ -32,9 +36,20 @@ def pull(
       v4 pull deepseek-ai/DeepSeek-V4-Pro --revision main
     """
     from .. import hub
+    from ..runtime.plan import MemoryPlanError
 
     c = console()
-    with handled(c, f"pull interrupted: run `v4 pull {model}` again to continue; finished files are kept"):
+    with handled(c, f"pull interrupted: run `v4 pull {model}` again to continue where it stopped"):
+        plan = hub.plan_for_pull(model, context)
+        if plan is not None:
+            c.info(plan.describe())
+            try:
+                plan.check()
+            except MemoryPlanError as e:
+                c.warn(f"{model} at {context:,} tokens cannot run on this machine as it is: {e}. Pulling anyway.")
+        elif hub.repo_id_of(model) is not None:
+            c.note(f"no memory plan before the download: v4 knows the config of flash and pro only "
+                   f"(`v4 show {model} --context N` gives it once pulled)")
         with c.download(model) as progress:
             path = hub.pull(model, revision=revision, include=include or None, token=token, progress=progress,
                             checksums=checksums)
@@ -52,7 +67,7 @@ def list_(as_json: JsonOpt = False) -> None:
       v4 list --json
     """
     from .. import hub
-    from ..console import size
+    from ..sizes import size
 
     c = console()
     with handled(c):
@@ -80,7 +95,8 @@ def show(
     """Show a model's configuration, its layout and storage formats on disk, its size and the memory it needs.
 
     Only the file headers are read. A folder with missing, cut-off or mismatched files is listed with
-    its problems and the command exits with status 1.
+    its problems and the command exits with status 1. flash and pro answer before they are pulled too,
+    with their memory plan (at 32,768 tokens without --context).
 
     Examples:
 
@@ -107,9 +123,9 @@ def show(
 
 
 def _print_show(c: Console, info: dict[str, Any]) -> None:
-    from ..console import size
+    from ..sizes import gigabytes, size
 
-    plan = info.pop("memory_plan", None)
+    plan, status, pulled = info.pop("memory_plan", None), info.pop("status", None), info.pop("pulled", True)
     storage, layout = info.pop("storage", {}), info.pop("layout_title", None)
     info.pop("layout", None)
     info.pop("tensor_bytes", None)  # the index's total (`weights`) says the same
@@ -117,6 +133,9 @@ def _print_show(c: Console, info: dict[str, Any]) -> None:
     for key in ("weights bytes", "disk bytes"):
         if key in pretty:
             pretty[key.replace(" bytes", "")] = size(pretty.pop(key))
+    if not pulled:
+        pretty.pop("disk", None)
+        pretty["download"] = f"about {gigabytes(pretty.pop('download bytes'))}"
     pretty["layer types"] = ", ".join(f"{n} {k}" for k, n in info["layer_types"].items())
     if layout:
         pretty["layout"] = layout
@@ -126,6 +145,10 @@ def _print_show(c: Console, info: dict[str, Any]) -> None:
     if plan is not None:
         c.print()
         c.print(plan["text"])
+        if not plan["fits"]:
+            c.warn(f"{info['name']} at {plan['context']:,} tokens does not fit this machine's memory as it is")
+    if status is not None:
+        c.info(status)
 
 
 @app.command()
@@ -137,7 +160,7 @@ def rm(model: Annotated[str, typer.Argument(metavar="MODEL", help="Model to dele
       v4 rm flash
     """
     from .. import hub
-    from ..console import size
+    from ..sizes import size
 
     c = console()
     with handled(c):

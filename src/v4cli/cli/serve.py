@@ -52,11 +52,9 @@ def serve(
         from ..server.app import create_app
 
         name = model or default_model()
-        from .. import hub
-
-        hub.resolve(name, materialize=False)  # an unknown name fails now, before the port is taken
         backend = LocalBackend(name, context=context, max_batch=max_batch, max_queue=max_queue,
                                prefix_cache=not no_prefix_cache)
+        backend.check()  # an unknown name or a context past the model's fails now, before the port is taken
         application = create_app(backend, api_key=api_key, cors=cors, max_request_bytes=max_request_bytes,
                                  keepalive_s=keepalive, announce=c.info)
         where = f"http://{host}:{port}"

@@ -26,6 +26,10 @@ class ConfigError(UserError, ValueError):
     """A config.json that cannot describe a DeepSeek-V4 model; the message names the key."""
 
 
+class ContextLimitError(UserError, ValueError):
+    """A context or prompt longer than the model or the engine holds; the message gives both numbers."""
+
+
 @dataclass
 class ModelArgs:
     vocab_size: int = 129280
@@ -111,6 +115,13 @@ class ModelArgs:
             "beta_slow": float(rs.get("beta_slow", 1)),
         }
 
+    def check_context(self, context: int) -> None:
+        """Refuse a context beyond the model's own (its positions, and so its RoPE, end there)."""
+        if context > self.max_position_embeddings:
+            raise ContextLimitError(f"a context of {context:,} tokens is more than this model holds: its limit is "
+                                    f"{self.max_position_embeddings:,} (max_position_embeddings in its config.json); "
+                                    f"use --context {self.max_position_embeddings} or less")
+
     def layer_ratio(self, layer: int) -> int:
         return self.compress_ratios[layer]
 
@@ -146,6 +157,10 @@ class ModelArgs:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"no config.json at {path}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except OSError as e:  # permission denied, ...
+            raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path} is not valid JSON: {e}") from None
         if not isinstance(raw, dict):

@@ -70,7 +70,8 @@ def describe(path: str | Path, context: int | None = None, dtype_bytes: int = 2)
         "storage": storage_by_family(r), "mtp_on_disk": r.args.num_nextn_predict_layers > 0,
         "tensor_bytes": total,
         "memory_plan": {"context": ctx, "weights_bytes": mp.weights, "state_bytes": mp.state,
-                        "total_bytes": mp.total, "available_bytes": mp.available, "text": mp.describe()},
+                        "total_bytes": mp.total, "available_bytes": mp.available, "fits": mp.total <= mp.available,
+                        "text": mp.describe()},
         "problems": [str(p) for p in grouped(r.problems)],
     }
     if r.problems:

@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 
 from ..errors import UserError
 from . import kernels
+from .args import ContextLimitError
 from .cache import SeqState
 from .detokenizer import StopMatcher, TextStream
 from .model import Transformer
@@ -42,10 +43,6 @@ def release_large_blocks(threshold: int = 16 << 20) -> bool:
         return bool(libc.mallopt(-3, threshold))  # -3: M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         return False
-
-
-class ContextLimitError(UserError, ValueError):
-    """A prompt longer than the engine's context; the message gives both numbers."""
 
 
 @dataclass
@@ -125,6 +122,8 @@ class Engine:
         beyond `max_batch`); each request reserves what its prompt plus `max_tokens` can grow to."""
         self.model, self.tokenizer = model, tokenizer
         self.args = model.args
+        if max_context is not None:
+            self.args.check_context(max_context)
         self.max_context = max_context or self.args.max_position_embeddings
         self.scheduler = Scheduler(max_batch, chunk_size, state_budget)
         self.device = model.embed.weight.device
@@ -150,6 +149,8 @@ class Engine:
         # Refuse before reading any weight when weights + decode state cannot fit (MemoryPlanError).
         mem = plan_checkpoint(path, max_context, max_batch, dtype.itemsize, available, device)
         if mem is not None:
+            if max_context is not None:
+                mem.args.check_context(max_context)
             mem.check()
         on_cpu = torch.device(device).type == "cpu"
         if on_cpu:
