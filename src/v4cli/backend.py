@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from . import chat_format, settings
+from . import chat_format, settings, tokens
 from .answer import Answer
 from .events import Backend, BackendEvent, Message, Notice, Options
 from .request import Request
@@ -43,7 +43,7 @@ class LocalBackend:
 
     @property
     def tokenizer(self) -> Any:
-        return self._tokenizer or chat_format.load_tokenizer()
+        return self._tokenizer or tokens.load_tokenizer()
 
     def check(self, materialize: bool = True) -> None:
         """Refuse now what load() would refuse after seconds or minutes: a name that is no model, a context
@@ -74,7 +74,7 @@ class LocalBackend:
                 self.warnings.append(settings.read_only("the prefix cache on disk", why))
         self.engine = Engine.from_pretrained(path, **kwargs)
         self.memory_plan = self.engine.memory_plan
-        self._tokenizer = self.engine.tokenizer or chat_format.load_tokenizer()
+        self._tokenizer = self.engine.tokenizer or tokens.load_tokenizer()
         self.loop = EngineLoop(self.engine, self.max_queue)
 
     def load_notices(self) -> Iterator[BackendEvent]:
@@ -94,7 +94,7 @@ class LocalBackend:
         if req.prompt_ids is not None:
             return list(req.prompt_ids)
         if req.text is not None:
-            return chat_format.encode_completion(req.text, req.suffix, self.tokenizer)
+            return tokens.encode_completion(req.text, req.suffix, self.tokenizer)
         messages = list(req.messages)
         if req.prefix:  # the answer continues the last assistant message: no EOS after it
             messages[-1] = {**messages[-1], "wo_eos": True}

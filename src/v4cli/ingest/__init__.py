@@ -25,7 +25,7 @@ Decisions (the why is in the comments next to the code):
   real path is kept); folder links are never walked (their target is walked at its real path, or is a
   loop), so the walk is a tree and no file is read twice.
 - Text that the tokenizer would turn into special tokens (``<think>``, ``<｜User｜>``...) is defused
-  with a zero-width space after its first character (`v4cli.chat_format.defuse`), in file contents
+  with a zero-width space after its first character (`v4cli.tokens.defuse`), in file contents
   (with a note), paths, stdin and the question: nothing read can forge turns. `file_block` builds a
   ``<file>`` block; ``v4 chat``'s ``/read`` uses it too.
 - Explicitly named files bypass ignore rules (.gitignore, defaults) but not the binary, size and
