@@ -43,4 +43,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hc_sinkhorn_cpu(const at::Tensor&
                                                                const at::Tensor& base, int64_t n, int64_t iters,
                                                                double eps);
 
+// Interleaved RoPE on the last 2 * cos.size(1) dims of every row of x [T, ..., D] (float32 or bfloat16) by that
+// row's angles (cos/sin float32 [T, dim/2]; `inverse` rotates back); the other dims are copied. x's dtype out.
+at::Tensor rope_cpu(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, bool inverse);
+
+// Orthonormal Walsh-Hadamard transform (Sylvester order) over the last dim (a power of two), float32 sums.
+at::Tensor hadamard_cpu(const at::Tensor& x);
+
 }  // namespace v4cli

@@ -12,6 +12,8 @@ TORCH_LIBRARY(v4cli, m) {
   m.def("sparse_attention(Tensor q, Tensor kv, Tensor sink, Tensor idx, float softmax_scale, Tensor? dense, "
         "Tensor? limit) -> Tensor");
   m.def("indexer_scores(Tensor q, Tensor weights, Tensor keys) -> Tensor");
+  m.def("rope(Tensor x, Tensor cos, Tensor sin, bool inverse) -> Tensor");
+  m.def("hadamard(Tensor x) -> Tensor");
   m.def("hc_sinkhorn(Tensor mixes, Tensor scale, Tensor base, int n, int iters, float eps) -> (Tensor, Tensor, Tensor)");
 }
 
@@ -23,4 +25,6 @@ TORCH_LIBRARY_IMPL(v4cli, CPU, m) {
   m.impl("sparse_attention", &v4cli::sparse_attention_cpu);
   m.impl("indexer_scores", &v4cli::indexer_scores_cpu);
   m.impl("hc_sinkhorn", &v4cli::hc_sinkhorn_cpu);
+  m.impl("rope", &v4cli::rope_cpu);
+  m.impl("hadamard", &v4cli::hadamard_cpu);
 }

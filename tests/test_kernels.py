@@ -36,8 +36,7 @@ def test_install_routes_the_linear_ops(built):
     assert ops.backend("fp8_linear") == kernels.__name__
     assert ops.backend("fp4_linear") == kernels.__name__
     assert ops.backend("dense_linear") == kernels.__name__
-    assert ops.backend("hc_sinkhorn") == kernels.__name__
-    assert ops.backend("hadamard") == "torch"  # no kernel: the twin
+    assert all(ops.backend(name) == kernels.__name__ for name in ops.OP_NAMES)  # every op has its kernel
 
 
 def _one_hot_columns(k: int):
@@ -256,6 +255,35 @@ def test_hc_sinkhorn_matches_twin(built, tokens):
     assert torch.allclose(got[2].sum(-2), torch.ones(tokens, n), atol=1e-4)  # columns balanced last
     with pytest.raises(RuntimeError, match="mixes must be"):
         torch.ops.v4cli.hc_sinkhorn(mixes[:, :10], scale, base, n, 20, eps)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 512), (5, 8, 512), (3, 2, 4, 64), (7, 64)])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_rope_is_the_twin_bit_for_bit(built, dtype, shape, inverse):
+    g = torch.Generator().manual_seed(sum(shape))
+    x = (torch.randn(shape, generator=g) * 4).to(dtype)
+    ang = torch.rand(shape[0], 32, generator=g) * 1000  # far positions: large angles, as at 1M tokens
+    cos, sin = ang.cos(), ang.sin()
+    got, want = kernels.rope(x, cos, sin, inverse), ops_ref.rope(x, cos, sin, inverse)
+    assert got.dtype == want.dtype == dtype and torch.equal(got, want)
+    assert torch.equal(got[..., :-64], x[..., :-64])  # the dims without rotary are copied as they are
+    assert torch.allclose(kernels.rope(got, cos, sin, not inverse).float(), x.float(), atol=0.05, rtol=0.02)
+    with pytest.raises(RuntimeError, match="do not fit"):
+        torch.ops.v4cli.rope(x.contiguous(), cos[:, :1].expand(shape[0], 1000).contiguous(),
+                             sin[:, :1].expand(shape[0], 1000).contiguous(), inverse)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 128), (3, 64, 128), (9, 512), (2, 1)])
+def test_hadamard_is_the_twin_bit_for_bit(built, dtype, shape):
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(shape[-1])) * 3).to(dtype)
+    got, want = kernels.hadamard(x), ops_ref.hadamard(x)
+    assert got.dtype == want.dtype == dtype and torch.equal(got, want)
+    if dtype == torch.float32:  # orthonormal and its own inverse
+        assert torch.allclose(kernels.hadamard(got), x, atol=1e-5)
+    with pytest.raises(RuntimeError, match="power of two"):
+        torch.ops.v4cli.hadamard(torch.zeros(2, 96))
 
 
 # ---- the FP8/FP4 row kernel's SIMD paths (csrc/cpu/simd.h): fused (few rows), buffered (more), every decode ----

@@ -23,7 +23,8 @@ import torch
 from . import ops, ops_ref
 
 CSRC = Path(__file__).resolve().parents[3] / "csrc"
-SOURCES = ("registration.cpp", "cpu/linear.cpp", "cpu/dense.cpp", "cpu/hc.cpp", "cpu/moe.cpp", "cpu/attention.cpp")
+SOURCES = ("registration.cpp", "cpu/linear.cpp", "cpu/dense.cpp", "cpu/hc.cpp", "cpu/moe.cpp", "cpu/attention.cpp",
+           "cpu/rotate.cpp")
 HEADERS = ("ops.h", "cpu/simd.h", "cpu/parallel.h")
 # Tuned for the CPU that builds it (the cache key includes its features). Clang on arm64 wants -mcpu.
 CFLAGS = ("-O3", "-mcpu=native" if platform.machine().lower() in ("arm64", "aarch64") else "-march=native")
@@ -233,8 +234,9 @@ def install() -> str:
     ops.register("sparse_attention", sparse_attention)
     ops.register("indexer_scores", indexer_scores)
     ops.register("hc_sinkhorn", hc_sinkhorn)
-    return ("C++ CPU kernels: fp8_linear, fp4_linear, dense_linear, moe_experts, sparse_attention, indexer_scores, "
-            "hc_sinkhorn")
+    ops.register("rope", rope)
+    ops.register("hadamard", hadamard)
+    return f"C++ CPU kernels: {', '.join(ops.OP_NAMES)}"
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, act_quant: bool) -> torch.Tensor:
@@ -304,3 +306,14 @@ def hc_sinkhorn(mixes: torch.Tensor, scale: torch.Tensor, base: torch.Tensor, n:
         return ops_ref.hc_sinkhorn(mixes, scale, base, n, iters, eps)
     return torch.ops.v4cli.hc_sinkhorn(mixes, scale, base, n, iters, eps)
 
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    if x.device.type != "cpu" or x.dtype not in _ATTN_DTYPES or cos.dtype != torch.float32:
+        return ops_ref.rope(x, cos, sin, inverse)
+    return torch.ops.v4cli.rope(x.contiguous(), cos.contiguous(), sin.contiguous(), inverse)
+
+
+def hadamard(x: torch.Tensor) -> torch.Tensor:
+    if x.device.type != "cpu" or x.dtype not in _ATTN_DTYPES:
+        return ops_ref.hadamard(x)
+    return torch.ops.v4cli.hadamard(x.contiguous())

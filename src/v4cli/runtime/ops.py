@@ -12,7 +12,7 @@ from typing import Any
 from . import ops_ref
 
 OP_NAMES = ("fp8_linear", "fp4_linear", "dense_linear", "moe_experts", "sparse_attention", "indexer_scores",
-            "hc_sinkhorn", "hadamard")
+            "hc_sinkhorn", "rope", "hadamard")
 
 _impl: dict[str, Callable[..., Any]] = {name: getattr(ops_ref, name) for name in OP_NAMES}
 
@@ -61,6 +61,10 @@ def indexer_scores(q, weights, keys):  # noqa: ANN001, ANN201
 
 def hc_sinkhorn(mixes, scale, base, n, iters, eps):  # noqa: ANN001, ANN201
     return _impl["hc_sinkhorn"](mixes, scale, base, n, iters, eps)
+
+
+def rope(x, cos, sin, inverse=False):  # noqa: ANN001, ANN201
+    return _impl["rope"](x, cos, sin, inverse)
 
 
 def hadamard(x):  # noqa: ANN001, ANN201

@@ -148,6 +148,20 @@ def hc_sinkhorn(
     return pre, post, comb
 
 
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """Interleaved RoPE: the last 2 * cos.shape[-1] dims of x [T, ..., D] rotated by row t's angles (cos/sin
+    float32 [T, dim/2]; `inverse` rotates back), in float32, back to x's dtype; the other dims as they are."""
+    dim = 2 * cos.shape[-1]
+    while cos.dim() < x.dim():
+        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+    if inverse:
+        sin = -sin
+    nope, rot = x[..., :-dim], x[..., -dim:].float()
+    even, odd = rot[..., 0::2], rot[..., 1::2]
+    out = torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
+    return torch.cat([nope, out.to(x.dtype)], dim=-1)
+
+
 def hadamard(x: torch.Tensor) -> torch.Tensor:
     """Orthonormal Walsh-Hadamard transform (Sylvester order) over the last dim, a power of two."""
     d = x.shape[-1]

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from .. import ops
+
 
 def yarn_bounds(dim: int, base: float, orig: int, beta_fast: float, beta_slow: float) -> tuple[int, int]:
     """The YaRN correction range [low, high] over the dim/2 frequency indices (architecture.md §2.4)."""
@@ -40,12 +42,4 @@ class Rope:
 
     def apply(self, x: torch.Tensor, cs: tuple[torch.Tensor, torch.Tensor], inverse: bool = False) -> torch.Tensor:
         """Rotate the last `dim` dims of x [T, ..., D] by its row's angles (cos/sin [T, dim/2])."""
-        cos, sin = cs
-        while cos.dim() < x.dim():
-            cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
-        if inverse:
-            sin = -sin
-        nope, rot = x[..., : -self.dim], x[..., -self.dim :].float()
-        even, odd = rot[..., 0::2], rot[..., 1::2]
-        out = torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
-        return torch.cat([nope, out.to(x.dtype)], dim=-1)
+        return ops.rope(x, cs[0], cs[1], inverse)
