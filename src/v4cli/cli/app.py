@@ -75,11 +75,12 @@ def console(show_thinking: bool = False) -> Console:
 
 def _user_error(e: BaseException) -> bool:
     """Errors whose message is the whole story (no traceback): ours, the runtime's and the OS's."""
+    from ..errors import UserError
     from ..events import BackendError
     from ..hub import HubError
 
     names = {c.__name__ for c in type(e).__mro__}
-    return isinstance(e, (HubError, BackendError, OSError, ValueError)) or "BudgetError" in names
+    return isinstance(e, (UserError, HubError, BackendError, OSError, ValueError)) or "BudgetError" in names
 
 
 @contextlib.contextmanager
