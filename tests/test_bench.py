@@ -150,8 +150,9 @@ def test_every_suite_against_tiny(live: tuple[Any, dict[str, Any], Path]) -> Non
     assert s["json"]["valid"] == 1.0  # grammar-constrained
     rates = s["tools"]["rates"]
     assert rates["well_formed"] == rates["schema_valid"] == rates["no_leak"] == 1.0
-    forced = {case for case, _, _, choice, _, _ in tools.SCENARIOS} | {"round_trip/call"}
+    forced = {case for case, _, _, choice, _, _ in tools.SCENARIOS}
     assert all(s["tools"]["scenarios"][case]["called"] for case in forced - {"parallel"})
+    assert set(s["tools"]["scenarios"]) == forced | {"round_trip", "reasoning_round_trip"}
     for r in rep["requests"]:  # checked again here, without the bench's scorer
         if r["suite"] == "tools":
             for call in r["tool_calls"]:
@@ -267,23 +268,23 @@ class Misbehaving(LoopbackServer):
 
 
 def test_failures_are_reported_per_request_and_the_run_goes_on(tmp_path: Path) -> None:
-    plan = [401, 429, 500, "cut", "stall", "keepalive"]
+    plan = ["ok", 401, 429, 500, "cut", "stall", "keepalive"]  # the speed suite's warm-up request first
     out = tmp_path / "fail.json"
     with Misbehaving(plan) as fake:
         t0 = time.monotonic()
         r = bench("--url", fake.url, "--suite", "speed", "--context", "128,256,512,1k", "--concurrency", "1",
                   "--timeout", "1", *SMALL, "--json", str(out))
         elapsed = time.monotonic() - t0
-        assert fake.seen == 8  # every request was made, whatever happened to the ones before
-    assert r.exit_code == 1 and "6 of 8 requests failed" in r.output, r.output
+        assert fake.seen == 9  # every request was made, whatever happened to the ones before
+    assert r.exit_code == 1 and "6 of 9 requests failed" in r.output, r.output
     assert elapsed < 30
     rep = json.loads(out.read_text())
     assert report.problems(rep) == [] and rep["ok"] is False and rep["failed"] == 6
     errors = [(x["error"] or {}).get("kind") for x in rep["requests"]]
     statuses = [(x["error"] or {}).get("status") for x in rep["requests"]]
-    assert errors == ["http", "http", "http", "cut", "timeout", "timeout", None, None]
-    assert statuses[:3] == [401, 429, 500]
-    first = rep["requests"][0]["error"]["message"]
+    assert errors == [None, "http", "http", "http", "cut", "timeout", "timeout", None, None]
+    assert statuses[1:4] == [401, 429, 500]
+    first = rep["requests"][1]["error"]["message"]
     assert "fake 401" in first and "--api-key" in first
     ok = rep["requests"][-1]
     assert ok["ok"] and ok["content"] == '{"name": "Lyon"}' and 0 < ok["ttft_s"] <= ok["total_s"]
@@ -354,7 +355,6 @@ def test_bad_options() -> None:
         assert r.exit_code == 2 and msg in r.output, (args, r.output)
 
 
-@pytest.mark.slow
 def test_local_model(serve_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--model: a `v4 serve` child on a free port, measured as a client; it is gone afterwards."""
     monkeypatch.setenv("V4_HOME", str(serve_home))

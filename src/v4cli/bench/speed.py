@@ -14,7 +14,7 @@ ASK = "Summarise the text above in a few sentences."
 
 
 def planned(s: Settings) -> int:
-    return 2 * len(s.contexts) * sum(s.concurrency)
+    return 1 + 2 * len(s.contexts) * sum(s.concurrency)
 
 
 def cell(records: Sequence[Record], cold: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -48,6 +48,9 @@ def _items(bodies: list[dict[str, Any]], ctx: int, phase: str) -> list[Item]:
 
 def run(r: Run) -> dict[str, Any]:
     s = r.settings
+    # one short request first, kept out of the cells: the first after a load pays for lazy set-up
+    r.one(NAME, "warmup", {"messages": [{"role": "user", "content": r.cold_prompt(128, f"{NAME}/warmup", ASK)}],
+                           "max_tokens": 2, **r.thinking()}, {"phase": "warmup"})
     cells = []
     for ctx in s.contexts:
         for c in s.concurrency:

@@ -63,7 +63,7 @@ SCENARIOS: list[tuple[str, list[dict[str, Any]], list[dict[str, Any]], Any, str 
 
 
 def planned(s: Settings) -> int:
-    return len(SCENARIOS) + 3  # + the round trip's two turns and the reasoning_content turn
+    return len(SCENARIOS) + 2  # + the turn after the single call's result and the reasoning_content turn
 
 
 def _scorer(tools: list[dict[str, Any]], expect: str | None, min_calls: int) -> Any:
@@ -97,22 +97,19 @@ def run(r: Run) -> dict[str, Any]:
     result (the round trip replays the calls the endpoint made)."""
     budget = r.budget(False) + 96  # room for a call's markup and arguments
     answer = r.budget(False)
-    ask = _user("What will the weather be in Lisbon over the next 3 days? Use metric units.")
     first = [Item(case, {"messages": messages, "tools": tools, "tool_choice": choice, "max_tokens": budget,
                          **NO_THINK}, {"scenario": case}, _scorer(tools, expect, n))
              for case, messages, tools, choice, expect, n in SCENARIOS]
-    first.append(Item("round_trip/call", {"messages": ask, "tools": [WEATHER], "tool_choice": "required",
-                                          "max_tokens": budget, **NO_THINK}, {"scenario": "round_trip"},
-                      _scorer([WEATHER], "get_weather", 1)))
     records = r.batch(NAME, first)
-    calls = records[-1].call.tool_calls or [{"id": "call_0", "name": "get_weather",
-                                             "arguments": '{"city": "Lisbon", "days": 3, "units": "metric"}'}]
+    ask = SCENARIOS[0][1]  # call, then result, then answer: the single call's turn goes on
+    calls = records[0].call.tool_calls or [{"id": "call_0", "name": "get_weather",
+                                            "arguments": '{"city": "Lisbon", "days": 3, "units": "metric"}'}]
     # thinking mode: a tool turn's reasoning_content must be sent back (DeepSeek answers 400 without it)
     past = [{"id": "call_r0", "name": "get_weather", "arguments": '{"city": "Lisbon", "days": 3, "units": "metric"}'}]
     thought = "The user wants a 3-day forecast; I should call get_weather."
     records += r.batch(NAME, [
-        Item("round_trip/answer", {"messages": ask + _history(calls, None), "tools": [WEATHER], "max_tokens": answer,
-                                   **NO_THINK}, {"scenario": "round_trip"}, _answer_scorer),
+        Item("round_trip", {"messages": ask + _history(calls, None), "tools": [WEATHER], "max_tokens": answer,
+                            **NO_THINK}, {"scenario": "round_trip"}, _answer_scorer),
         Item("reasoning_round_trip", {"messages": ask + _history(past, thought), "tools": [WEATHER],
                                       "max_tokens": r.budget(True), "thinking": {"type": "enabled"}},
              {"scenario": "reasoning_round_trip"}, _answer_scorer)])
