@@ -92,7 +92,7 @@ def test_import_is_light_and_help_is_everywhere() -> None:
     assert r.exit_code == 0 and r.stdout.strip() == f"v4 {__version__}"
     r = run()
     assert r.exit_code == 2 and "Usage" in r.output  # no command: help, as a usage error
-    for cmd in ("pull", "list", "show", "rm", "chat", "ask"):
+    for cmd in ("pull", "list", "show", "rm", "chat", "ask", "bench"):
         r = run(cmd, "--help")
         assert r.exit_code == 0 and "Examples:" in r.stdout and f"v4 {cmd}" in r.stdout, cmd
     r = run("frobnicate")

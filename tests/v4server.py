@@ -12,6 +12,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from v4cli.bench.local import stop
+
 WORDS = ("alpha", "beta", "gamma", "delta", "kernel", "tensor", "shard", "prompt", "cache", "window", "expert",
          "router", "token", "stream")
 
@@ -68,10 +70,5 @@ class V4Server:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc)
         self.log_file.close()

@@ -22,10 +22,12 @@ from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
     ProgressColumn,
     Task,
     TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
@@ -147,6 +149,23 @@ class Console:
 
         with bar:
             yield update
+
+    @contextlib.contextmanager
+    def steps(self, label: str, total: int | None) -> Iterator[Callable[[str], None]]:
+        """A count bar (`v4 bench`: requests done of those planned; no total: a pulse with the time spent);
+        yields step(note): one more done, `note` shown beside the bar. Nothing on a non-terminal."""
+        if not self.err.is_terminal:
+            yield lambda note: None
+            return
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TextColumn("{task.fields[note]}", style="dim"), console=self.err, transient=True)
+        task = bar.add_task(escape(label), total=total, note="")
+
+        def step(note: str) -> None:
+            bar.update(task, advance=1 if total else 0, note=escape(note))
+
+        with bar:
+            yield step
 
     # ---- an answer -------------------------------------------------------------------------------------
     def render(self, events: Iterable[BackendEvent]) -> Stats | None:

@@ -65,7 +65,7 @@ def _page(cmd: Any, ctx: Any, title: str, see_also: list[str]) -> str:
         for sub_name, sub in sorted(cmd.commands.items()):
             if not sub.hidden:
                 out += [".TP", f"\\fB{_esc(sub_name)}\\fR", _esc(sub.get_short_help_str(limit=200)),
-                        f"See \\fBv4\\-{_esc(sub_name)}\\fR(1)."]
+                        f"See \\fB{_esc(name)}\\-{_esc(sub_name)}\\fR(1)."]
     if examples:
         out += [".SH EXAMPLES", ".PP", ".nf", ".RS"] + [_esc(e) for e in examples] + [".RE", ".fi"]
     out += [".SH ENVIRONMENT", ".TP", "\\fBV4_HOME\\fR",
@@ -83,7 +83,8 @@ def _page(cmd: Any, ctx: Any, title: str, see_also: list[str]) -> str:
 
 
 def pages() -> dict[str, str]:
-    """File name -> roff text, for the top command and every visible subcommand."""
+    """File name -> roff text, for the top command and every visible subcommand (a group's own
+    subcommands too: `v4 bench compare` is v4-bench-compare.1)."""
     from .cli import app
 
     root = typer.main.get_command(app)
@@ -91,9 +92,18 @@ def pages() -> dict[str, str]:
     ctx = root.context_class(root, info_name="v4")
     names = [n for n, c in sorted(root.commands.items()) if not c.hidden]  # type: ignore[attr-defined]
     out = {"v4.1": _page(root, ctx, "v4", [f"v4-{n}" for n in names])}
-    for n in names:
-        sub = root.commands[n]  # type: ignore[attr-defined]
-        out[f"v4-{n}.1"] = _page(sub, sub.context_class(sub, info_name=n, parent=ctx), f"v4 {n}", ["v4"])
+
+    def visit(cmd: Any, parent: Any, title: str) -> None:
+        for n, sub in sorted(cmd.commands.items()):
+            if sub.hidden:
+                continue
+            sub_ctx = sub.context_class(sub, info_name=n, parent=parent)
+            see = ["v4"] if title == "v4" else ["v4", title.replace(" ", "-")]
+            out[f"{title} {n}".replace(" ", "-") + ".1"] = _page(sub, sub_ctx, f"{title} {n}", see)
+            if hasattr(sub, "commands"):
+                visit(sub, sub_ctx, f"{title} {n}")
+
+    visit(root, ctx, "v4")
     return out
 
 

@@ -139,8 +139,13 @@ class RemoteBackend:
         pass
 
 
-def _sse(resp: Any, where: str) -> Iterator[dict[str, Any]]:
-    """The JSON objects of an SSE stream's `data:` lines, until `[DONE]`; `: keep-alive` comments skipped."""
+class StreamCut(BackendError):
+    """A stream that ended before `[DONE]`."""
+
+
+def _sse(resp: Any, where: str, *, require_done: bool = False) -> Iterator[dict[str, Any]]:
+    """The JSON objects of an SSE stream's `data:` lines, until `[DONE]`; `: keep-alive` comments skipped.
+    `require_done`: a stream that ends without `[DONE]` was cut (the server died or a proxy gave up)."""
     for raw in resp:
         line = raw.decode("utf-8", "replace").rstrip("\r\n")
         if not line.startswith("data:"):
@@ -157,3 +162,5 @@ def _sse(resp: Any, where: str) -> Iterator[dict[str, Any]]:
             msg = err.get("message", err) if isinstance(err, dict) else err
             raise BackendError(f"{where} reported an error: {msg}")
         yield chunk
+    if require_done:
+        raise StreamCut(f"{where} closed the stream before [DONE]: the answer was cut off")

@@ -1,7 +1,7 @@
 """The `v4` command line (`v4cli.cli:app`). Importing the verb modules registers them, in `--help` order."""
 
 # isort: off
-from . import models, chat, ask, serve, logs  # noqa: F401  (registration, in this order)
+from . import models, chat, ask, serve, bench, logs  # noqa: F401  (registration, in this order)
 
 # isort: on
 from .app import app
