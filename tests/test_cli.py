@@ -398,8 +398,9 @@ def test_context_beyond_the_model_is_refused(ckpt_dir, env: Path) -> None:
         assert r.exit_code == 1, (args, r.output)
         assert "its limit is 4,096 (max_position_embeddings in its config.json)" in r.stderr, args
         assert "use --context 4096 or less" in r.stderr and "Traceback" not in r.output, args
-    r = run("ask", "--context", "2000000", "--max-tokens", "8", "q")  # the built-in tiny: its own 1,048,576
-    assert r.exit_code == 1 and "its limit is 1,048,576" in r.stderr
+    for dry in ([], ["--dry-run"]):  # the built-in tiny, not written yet in this home: its own 1,048,576
+        r = run("ask", "--context", "2000000", "--max-tokens", "8", *dry, "q")
+        assert r.exit_code == 1 and "its limit is 1,048,576" in r.stderr, (dry, r.output)
     r = run("ask", "-m", str(short), "--context", "4096", "--max-tokens", "8", "--dry-run", "q")
     assert r.exit_code == 0, r.output  # at the limit is fine
 

@@ -49,6 +49,7 @@ def test_a_build_says_so_once(fresh_cache: Path, tmp_path: Path, monkeypatch: py
     # a compiler that does not exist: the build runs (and fails at once), which is said on stderr
     monkeypatch.setenv("V4_KERNELS", "1")
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
+    monkeypatch.setattr(kernels, "_built", False)  # as in a fresh process (an earlier test may have built here)
     line = kernels.install()
     err = capfd.readouterr().err
     assert line.startswith(kernels.REFERENCE) and "building the C++ kernels (once, about " in err

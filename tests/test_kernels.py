@@ -286,6 +286,40 @@ def test_hadamard_is_the_twin_bit_for_bit(built, dtype, shape):
         torch.ops.v4cli.hadamard(torch.zeros(2, 96))
 
 
+def _blocks(shape: tuple[int, ...], seed: int, dtype: torch.dtype) -> torch.Tensor:
+    """Values over many magnitudes, row by row (from 2^-140, below the scales' floors, up to 2^20), and zeros."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) * torch.exp2(torch.randint(-140, 20, shape[:-1] + (1,), generator=g).float())
+    x[..., 3] = 0.0
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape,width", [((1, 512), 448), ((6, 3, 512), 448), ((4, 128), 128), ((2, 192), 64)])
+def test_fp8_round_is_the_twin_bit_for_bit(built, dtype, shape, width):
+    x = _blocks(shape, sum(shape) + width, dtype)
+    got, want = kernels.fp8_round(x, 64, width), ops_ref.fp8_round(x, 64, width)
+    assert got.dtype == dtype and torch.equal(got, want)
+    assert torch.equal(got[..., width:], x[..., width:])  # the rope dims are not rounded
+    assert torch.equal(kernels.fp8_round(x, 64), ops_ref.fp8_round(x, 64))  # width: all of it
+    with pytest.raises(RuntimeError, match="whole blocks"):
+        torch.ops.v4cli.fp8_round(x.contiguous(), 64, width - 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 128), (5, 64, 128), (3, 32)])
+def test_fp4_round_is_the_twin_bit_for_bit(built, dtype, shape):
+    x = _blocks(shape, sum(shape), dtype)
+    got, want = kernels.fp4_round(x), ops_ref.fp4_round(x)
+    assert got.dtype == dtype and torch.equal(got, want)
+    # Ties to the even code, in a block whose scale is 1 (its amax is 6).
+    ties = torch.zeros(1, 32, dtype=dtype)
+    ties[0, :9] = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -0.75, 6.0])
+    assert kernels.fp4_round(ties)[0, :9].tolist() == [0.0, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0, -1.0, 6.0]
+    with pytest.raises(RuntimeError, match="whole blocks"):
+        torch.ops.v4cli.fp4_round(torch.zeros(2, 48), 32)
+
+
 # ---- the FP8/FP4 row kernel's SIMD paths (csrc/cpu/simd.h): fused (few rows), buffered (more), every decode ----
 
 

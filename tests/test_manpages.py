@@ -21,7 +21,7 @@ def test_man_pages_are_up_to_date(tmp_path: Path) -> None:
 def test_pages_are_deterministic_and_complete() -> None:
     pages = manpages.pages()
     assert pages == manpages.pages()
-    verbs = ("pull", "list", "show", "rm", "chat", "ask", "serve", "bench", "bench-compare", "logs")
+    verbs = ("pull", "list", "show", "rm", "chat", "ask", "serve", "bench", "bench-compare", "logs", "logs-path")
     assert set(pages) == {"v4.1", *(f"v4-{c}.1" for c in verbs)}
     ask = pages["v4-ask.1"]
     assert ask.startswith('.TH "V4-ASK" "1"') and ".SH EXAMPLES" in ask and "\\-\\-dry\\-run" in ask

@@ -48,8 +48,11 @@ def _stop_mid_file(fake: FakeHub, partial: Path, sig: int) -> subprocess.Complet
     fake.stall.add(SHARD)
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # SIGINT as a terminal delivers it: a test run started in the background (`cmd &` in a script) ignores
+    # SIGINT, and a Python started that way keeps ignoring it instead of raising KeyboardInterrupt.
     proc = subprocess.Popen([sys.executable, "-c", PULL, "pull", "flash"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline, last, steady = time.monotonic() + 120, -1, 0
     while time.monotonic() < deadline and steady < 5:  # the size on disk stops growing: the stall is reached
         time.sleep(0.1)

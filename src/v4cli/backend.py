@@ -52,7 +52,11 @@ class LocalBackend:
         from .runtime.args import ModelArgs
 
         m = hub.resolve(self.model, materialize=materialize)
-        if m.path is not None and (materialize or m.kind != "builtin"):  # a folder without config.json fails here
+        if m.kind == "builtin" and not materialize:  # not written yet: its config is known all the same
+            from .runtime.tiny import builtin_args
+
+            builtin_args().check_context(self.context)
+        elif m.path is not None:  # a folder without config.json fails here
             ModelArgs.from_file(m.path).check_context(self.context)
 
     def load(self) -> None:
