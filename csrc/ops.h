@@ -50,4 +50,9 @@ at::Tensor rope_cpu(const at::Tensor& x, const at::Tensor& cos, const at::Tensor
 // Orthonormal Walsh-Hadamard transform (Sylvester order) over the last dim (a power of two), float32 sums.
 at::Tensor hadamard_cpu(const at::Tensor& x);
 
+// The reference's activation rounding in blocks along the last dim, each block with a UE8M0 scale: to e4m3 for
+// the first `width` values of each row (amax floor 1e-4; the rest copied), to e2m1 for all (floor 6 * 2^-126).
+at::Tensor fp8_round_cpu(const at::Tensor& x, int64_t block, int64_t width);
+at::Tensor fp4_round_cpu(const at::Tensor& x, int64_t block);
+
 }  // namespace v4cli

@@ -14,6 +14,8 @@ TORCH_LIBRARY(v4cli, m) {
   m.def("indexer_scores(Tensor q, Tensor weights, Tensor keys) -> Tensor");
   m.def("rope(Tensor x, Tensor cos, Tensor sin, bool inverse) -> Tensor");
   m.def("hadamard(Tensor x) -> Tensor");
+  m.def("fp8_round(Tensor x, int block, int width) -> Tensor");
+  m.def("fp4_round(Tensor x, int block) -> Tensor");
   m.def("hc_sinkhorn(Tensor mixes, Tensor scale, Tensor base, int n, int iters, float eps) -> (Tensor, Tensor, Tensor)");
 }
 
@@ -27,4 +29,6 @@ TORCH_LIBRARY_IMPL(v4cli, CPU, m) {
   m.impl("hc_sinkhorn", &v4cli::hc_sinkhorn_cpu);
   m.impl("rope", &v4cli::rope_cpu);
   m.impl("hadamard", &v4cli::hadamard_cpu);
+  m.impl("fp8_round", &v4cli::fp8_round_cpu);
+  m.impl("fp4_round", &v4cli::fp4_round_cpu);
 }

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from . import ops, ops_ref
+from . import ops, ops_ref, quant
 
 CSRC = Path(__file__).resolve().parents[3] / "csrc"
 SOURCES = ("registration.cpp", "cpu/linear.cpp", "cpu/dense.cpp", "cpu/hc.cpp", "cpu/moe.cpp", "cpu/attention.cpp",
-           "cpu/rotate.cpp")
+           "cpu/rotate.cpp", "cpu/rounding.cpp")
 HEADERS = ("ops.h", "cpu/simd.h", "cpu/parallel.h")
 # Tuned for the CPU that builds it (the cache key includes its features). Clang on arm64 wants -mcpu.
 CFLAGS = ("-O3", "-mcpu=native" if platform.machine().lower() in ("arm64", "aarch64") else "-march=native")
@@ -236,6 +236,8 @@ def install() -> str:
     ops.register("hc_sinkhorn", hc_sinkhorn)
     ops.register("rope", rope)
     ops.register("hadamard", hadamard)
+    ops.register("fp8_round", fp8_round)
+    ops.register("fp4_round", fp4_round)
     return f"C++ CPU kernels: {', '.join(ops.OP_NAMES)}"
 
 
@@ -317,3 +319,15 @@ def hadamard(x: torch.Tensor) -> torch.Tensor:
     if x.device.type != "cpu" or x.dtype not in _ATTN_DTYPES:
         return ops_ref.hadamard(x)
     return torch.ops.v4cli.hadamard(x.contiguous())
+
+
+def fp8_round(x: torch.Tensor, block: int, width: int | None = None) -> torch.Tensor:
+    if x.device.type != "cpu" or x.dtype not in _ATTN_DTYPES:
+        return ops_ref.fp8_round(x, block, width)
+    return torch.ops.v4cli.fp8_round(x.contiguous(), block, x.shape[-1] if width is None else width)
+
+
+def fp4_round(x: torch.Tensor, block: int = quant.FP4_BLOCK) -> torch.Tensor:
+    if x.device.type != "cpu" or x.dtype not in _ATTN_DTYPES:
+        return ops_ref.fp4_round(x, block)
+    return torch.ops.v4cli.fp4_round(x.contiguous(), block)

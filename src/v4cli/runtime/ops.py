@@ -12,7 +12,7 @@ from typing import Any
 from . import ops_ref
 
 OP_NAMES = ("fp8_linear", "fp4_linear", "dense_linear", "moe_experts", "sparse_attention", "indexer_scores",
-            "hc_sinkhorn", "rope", "hadamard")
+            "hc_sinkhorn", "rope", "hadamard", "fp8_round", "fp4_round")
 
 _impl: dict[str, Callable[..., Any]] = {name: getattr(ops_ref, name) for name in OP_NAMES}
 
@@ -69,3 +69,11 @@ def rope(x, cos, sin, inverse=False):  # noqa: ANN001, ANN201
 
 def hadamard(x):  # noqa: ANN001, ANN201
     return _impl["hadamard"](x)
+
+
+def fp8_round(x, block, width=None):  # noqa: ANN001, ANN201
+    return _impl["fp8_round"](x, block, width)
+
+
+def fp4_round(x, block=32):  # noqa: ANN001, ANN201
+    return _impl["fp4_round"](x, block)

@@ -173,3 +173,16 @@ def hadamard(x: torch.Tensor) -> torch.Tensor:
         y = torch.stack([a + b, a - b], dim=2)
         h *= 2
     return (y.reshape(x.shape) * d**-0.5).to(x.dtype)
+
+
+def fp8_round(x: torch.Tensor, block: int, width: int | None = None) -> torch.Tensor:
+    """x[..., :width] (default: all of it) rounded to e4m3 in blocks of `block` with UE8M0 scales (the
+    reference's rounding of the KV entries' non-rope dims); x[..., width:] as it is."""
+    if width is None or width == x.shape[-1]:
+        return quant.fp8_round_blocks(x, block)
+    return torch.cat([quant.fp8_round_blocks(x[..., :width], block), x[..., width:]], dim=-1)
+
+
+def fp4_round(x: torch.Tensor, block: int = quant.FP4_BLOCK) -> torch.Tensor:
+    """x rounded to e2m1 in blocks of `block` with UE8M0 scales (the indexer's queries and keys)."""
+    return quant.fp4_round_blocks(x, block)

@@ -60,7 +60,7 @@ class Attention(nn.Module):
         kv = self.rope.apply(self.kv_norm(self.wkv(x)), cs)
         if self.simulate_quant:
             nope = self.head_dim - self.rope.dim
-            kv = torch.cat([quant.fp8_round_blocks(kv[:, :nope], 64), kv[:, nope:]], dim=-1)
+            kv = ops.fp8_round(kv, 64, nope)
 
         # Window candidates: the up-to W-1 earlier tokens still in the ring, then this chunk.
         n_prev = min(start, W - 1)

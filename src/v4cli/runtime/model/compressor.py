@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import ops, quant
+from .. import ops
 from ..cache import CompressorState
 from .linear import Linear, RMSNorm
 from .rope import Rope
@@ -66,10 +66,10 @@ class Compressor(nn.Module):
         entries = self.rope.apply(entries, self.rope.angles(win_pos))
         if self.simulate_quant:
             if self.rotate:
-                entries = quant.fp4_round_blocks(ops.hadamard(entries))
+                entries = ops.fp4_round(ops.hadamard(entries))
             else:
                 nope = self.d - self.rope.dim
-                entries = torch.cat([quant.fp8_round_blocks(entries[:, :nope], 64), entries[:, nope:]], dim=-1)
+                entries = ops.fp8_round(entries, 64, nope)
         st.entries.append(entries)
 
 
@@ -94,7 +94,7 @@ class Indexer(nn.Module):
         q = self.rope.apply(q, cs)
         if self.simulate_quant:
             # The rotation is orthonormal (scores unchanged in exact arithmetic); it exists for FP4 fidelity.
-            q = quant.fp4_round_blocks(ops.hadamard(q))
+            q = ops.fp4_round(ops.hadamard(q))
         self.compressor(x, start, st)
         keys = st.entries.view()
         n = keys.shape[0]
