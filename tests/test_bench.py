@@ -1,34 +1,25 @@
 """`v4 bench`: the scorers on recorded answers, needle placement, every suite against a real
-`v4 serve --model tiny` on a loopback port, and an endpoint that misbehaves on purpose (a stdlib HTTP
-server standing in for a remote API: 401, 429, 500, a cut stream, a stall, endless keep-alives)."""
+`v4 serve --model tiny` on a loopback port, and an endpoint that misbehaves on purpose in either format
+(benchkit.py: 401, 429, 500, a cut stream, a stall, endless keep-alives). The Anthropic format against
+the same server is test_bench_anthropic.py; the PNG chart, test_bench_plot.py."""
 
 from __future__ import annotations
 
 import json
 import random
-import threading
 import time
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
-from typer.testing import CliRunner
 
-from hubserver import LoopbackServer
+from benchkit import SMALL, Misbehaving, bench
 from v4cli.bench import cost, haystack, report, scorers, tools
+from v4cli.bench.anthropic import AnthropicClient
 from v4cli.bench.client import Client
 from v4cli.chat_format import load_tokenizer
-from v4cli.cli import app
 from v4cli.errors import UserError
-
-runner = CliRunner()
-SMALL = ["--max-tokens", "4", "--answer-tokens", "4", "--think-tokens", "4"]
-
-
-def bench(*args: str) -> Any:
-    return runner.invoke(app, ["bench", *args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +138,8 @@ def test_every_suite_against_tiny(live: tuple[Any, dict[str, Any], Path]) -> Non
         assert 200 <= c["prompt_tokens"] <= 256  # the endpoint's count of a prompt sized to 256
     assert cells[(1, "cold")]["cache_hit_share"] < 0.2 < 0.8 < cells[(1, "warm")]["cache_hit_share"]
     assert cells[(1, "warm")]["speedup"] > 0
-    assert s["json"]["valid"] == 1.0  # grammar-constrained
+    assert s["json"]["valid"] == 1.0 and s["json"]["unsupported"] is None  # grammar-constrained
+    assert rep["endpoint"]["format"] == "openai"
     rates = s["tools"]["rates"]
     assert rates["well_formed"] == rates["schema_valid"] == rates["no_leak"] == 1.0
     forced = {case for case, _, _, choice, _, _ in tools.SCENARIOS}
@@ -200,94 +192,39 @@ def test_compare_reports(live: tuple[Any, dict[str, Any], Path], tmp_path: Path)
 
 
 # ---- an endpoint that misbehaves ---------------------------------------------------------------------------
-def _chunks(text: str) -> list[dict[str, Any]]:
-    base = {"id": "x", "object": "chat.completion.chunk", "system_fingerprint": "fp_fake"}
-    out = [base | {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}]
-    out += [base | {"choices": [{"index": 0, "delta": {"content": piece}}]} for piece in (text[:3], text[3:])]
-    out.append(base | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-    out.append(base | {"choices": [], "usage": {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105,
-                                                "prompt_cache_hit_tokens": 64, "prompt_cache_miss_tokens": 36}})
-    return out
-
-
-class Misbehaving(LoopbackServer):
-    """Answers POSTs with `plan` in order (then "ok"): an HTTP status, "cut" (a stream that stops before
-    [DONE]), "stall" (no answer for seconds), "keepalive" (only keep-alive comments), "ok"."""
-
-    def __init__(self, plan: list[Any]) -> None:
-        self.plan, self.lock, self.seen = list(plan), threading.Lock(), 0
-
-    def __enter__(self) -> Misbehaving:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                body = json.dumps({"data": [{"id": "deepseek-v4-flash"}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with fake.lock:
-                    what = fake.plan.pop(0) if fake.plan else "ok"
-                    fake.seen += 1
-                if isinstance(what, int):
-                    body = json.dumps({"error": {"message": f"fake {what}", "type": "invalid_request_error"}})
-                    self.send_response(what)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body.encode())
-                    return
-                if what == "stall":
-                    time.sleep(2.5)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.end_headers()
-                if what == "keepalive":
-                    for _ in range(12):
-                        self.wfile.write(b": keep-alive\n\n")
-                        self.wfile.flush()
-                        time.sleep(0.2)
-                    return
-                chunks = _chunks('{"name": "Lyon"}')
-                for c in chunks[:2] if what == "cut" else chunks:
-                    self.wfile.write(f"data: {json.dumps(c)}\n\n".encode())
-                if what == "ok":
-                    self.wfile.write(b"data: [DONE]\n\n")
-                self.wfile.flush()
-                self.close_connection = True
-
-        self._start(Handler)
-        return self
-
-
-def test_failures_are_reported_per_request_and_the_run_goes_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["openai", "anthropic"])
+def test_failures_are_reported_per_request_and_the_run_goes_on(tmp_path: Path, fmt: str) -> None:
     plan = ["ok", 401, 429, 500, "cut", "stall", "keepalive"]  # the speed suite's warm-up request first
     out = tmp_path / "fail.json"
     with Misbehaving(plan) as fake:
+        url = fake.url + ("/anthropic" if fmt == "anthropic" else "")  # the format follows from the URL
         t0 = time.monotonic()
-        r = bench("--url", fake.url, "--suite", "speed", "--context", "128,256,512,1k", "--concurrency", "1",
-                  "--timeout", "1", *SMALL, "--json", str(out))
+        r = bench("--url", url, "--api-key", "k", "--suite", "speed", "--context", "128,256,512,1k",
+                  "--concurrency", "1", "--timeout", "1", *SMALL, "--json", str(out))
         elapsed = time.monotonic() - t0
         assert fake.seen == 9  # every request was made, whatever happened to the ones before
     assert r.exit_code == 1 and "6 of 9 requests failed" in r.output, r.output
     assert elapsed < 30
+    paths = {path for path, _ in fake.requests}
+    headers = fake.requests[0][1]
+    if fmt == "anthropic":
+        assert paths == {"/anthropic/v1/messages"} and headers["x-api-key"] == "k"
+        assert headers["anthropic-version"] == "2023-06-01" and "authorization" not in headers
+    else:
+        assert paths == {"/v1/chat/completions"} and headers["authorization"] == "Bearer k"
     rep = json.loads(out.read_text())
     assert report.problems(rep) == [] and rep["ok"] is False and rep["failed"] == 6
+    assert rep["endpoint"]["format"] == fmt
     errors = [(x["error"] or {}).get("kind") for x in rep["requests"]]
     statuses = [(x["error"] or {}).get("status") for x in rep["requests"]]
     assert errors == [None, "http", "http", "http", "cut", "timeout", "timeout", None, None]
     assert statuses[1:4] == [401, 429, 500]
-    first = rep["requests"][1]["error"]["message"]
-    assert "fake 401" in first and "--api-key" in first
+    first = rep["requests"][1]["error"]["message"]  # the message inside either format's error body
+    assert "fake 401" in first and "--api-key" in first and "authentication_error" not in first
+    assert "before " + ("message_stop" if fmt == "anthropic" else "[DONE]") in rep["requests"][4]["error"]["message"]
     ok = rep["requests"][-1]
     assert ok["ok"] and ok["content"] == '{"name": "Lyon"}' and 0 < ok["ttft_s"] <= ok["total_s"]
+    assert ok["finish_reason"] == "stop"
     assert ok["usage"] == {"prompt_tokens": 100, "completion_tokens": 5, "cached_tokens": 64, "reasoning_tokens": 0,
                            "reported": True}
     assert "failed requests: 6" in r.stdout and "timeout" in r.stdout
@@ -301,6 +238,7 @@ def test_refused_and_all_good(tmp_path: Path) -> None:
     rep = json.loads((tmp_path / "r.json").read_text())
     assert r.exit_code == 1 and {x["error"]["kind"] for x in rep["requests"]} == {"refused"}
     assert Client(url).chat({"messages": []}).error.kind == "refused"
+    assert AnthropicClient(url).chat({"messages": [], "max_tokens": 1}).error.kind == "refused"
     with Misbehaving([]) as fake:
         r = bench("--url", fake.url, "--suite", "json,cost", "--context", "256", *SMALL, "--json",
                   str(tmp_path / "ok.json"), "--prices", str(_prices(tmp_path)))
@@ -350,7 +288,8 @@ def test_price_table(tmp_path: Path) -> None:
 def test_bad_options() -> None:
     for args, msg in ((["--suite", "speed,nope"], "unknown suite nope"), (["--context", "2q"], "not a token count"),
                       (["--context", "64"], "too short"), (["--depths", "0,150"], "0 to 100"),
-                      (["--concurrency", "0"], "1 or more")):
+                      (["--concurrency", "0"], "1 or more"), (["--format", "grpc"], "not a format"),
+                      (["--format", "openai", "--url", "http://127.0.0.1:1/v1/messages"], "Anthropic Messages URL")):
         r = bench("--url", "http://127.0.0.1:1", *args)
         assert r.exit_code == 2 and msg in r.output, (args, r.output)
 

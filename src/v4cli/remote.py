@@ -143,9 +143,10 @@ class StreamCut(BackendError):
     """A stream that ended before `[DONE]`."""
 
 
-def _sse(resp: Any, where: str, *, require_done: bool = False) -> Iterator[dict[str, Any]]:
+def _sse(resp: Any, where: str, *, require_done: bool = False, last: str | None = None) -> Iterator[dict[str, Any]]:
     """The JSON objects of an SSE stream's `data:` lines, until `[DONE]`; `: keep-alive` comments skipped.
-    `require_done`: a stream that ends without `[DONE]` was cut (the server died or a proxy gave up)."""
+    `last`: the `type` of the event that ends a stream instead (Anthropic's `message_stop`; yielded).
+    `require_done`: a stream that ends without its end marker was cut (the server died or a proxy gave up)."""
     for raw in resp:
         line = raw.decode("utf-8", "replace").rstrip("\r\n")
         if not line.startswith("data:"):
@@ -162,5 +163,7 @@ def _sse(resp: Any, where: str, *, require_done: bool = False) -> Iterator[dict[
             msg = err.get("message", err) if isinstance(err, dict) else err
             raise BackendError(f"{where} reported an error: {msg}")
         yield chunk
+        if last is not None and isinstance(chunk, dict) and chunk.get("type") == last:
+            return
     if require_done:
-        raise StreamCut(f"{where} closed the stream before [DONE]: the answer was cut off")
+        raise StreamCut(f"{where} closed the stream before {last or '[DONE]'}: the answer was cut off")

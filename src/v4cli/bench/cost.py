@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import UserError
 from . import data
-from .runner import FORMAT_TOKENS, Record, Run, Settings
+from .runner import FORMAT_TOKENS, Record, Run
 
 NAME = "cost"
 PRICE_KEYS = ("cache_hit", "cache_miss", "output")
@@ -66,7 +66,7 @@ def prices_for(model: str, table: dict[str, Any]) -> tuple[Prices, str]:
                   str(table.get("source", ""))), note
 
 
-def planned(s: Settings) -> int:
+def planned(r: Run) -> int:
     return 2
 
 

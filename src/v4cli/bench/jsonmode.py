@@ -1,12 +1,13 @@
 """JSON: JSON-mode requests (`response_format: json_object`, the prompt saying "json" with an example, as
-DeepSeek asks), scored for output that parses as an object and for the keys asked for."""
+DeepSeek asks), scored for output that parses as an object and for the keys asked for. A format without
+a JSON mode (Anthropic's Messages) sends none of them: the summary says why instead of scoring failures."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from . import scorers
-from .runner import Item, Run, Settings, rate
+from .runner import Item, Run, rate
 
 NAME = "json"
 
@@ -21,11 +22,13 @@ CASES: list[tuple[str, str, list[str]]] = [
 ]
 
 
-def planned(s: Settings) -> int:
-    return len(CASES)
+def planned(r: Run) -> int:
+    return 0 if r.client.json_mode_note else len(CASES)
 
 
 def run(r: Run) -> dict[str, Any]:
+    if r.client.json_mode_note:
+        return {"valid": None, "keys": None, "unsupported": r.client.json_mode_note, "cases": [c[0] for c in CASES]}
     items = []
     for case, text, keys in CASES:
         body = {"messages": [{"role": "system", "content": "You answer in json only."},
@@ -35,4 +38,5 @@ def run(r: Run) -> dict[str, Any]:
     ok = [x for x in r.batch(NAME, items) if x.call.ok]  # at once: scored, not timed
     keys_found = [x.scores["keys"] for x in ok]
     return {"valid": rate([x.scores["object"] for x in ok]),
-            "keys": sum(keys_found) / len(keys_found) if keys_found else None}
+            "keys": sum(keys_found) / len(keys_found) if keys_found else None, "unsupported": None,
+            "cases": [c[0] for c in CASES]}

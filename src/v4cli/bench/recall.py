@@ -13,8 +13,8 @@ from .runner import FORMAT_TOKENS, Item, Record, Run, Settings
 NAME = "recall"
 
 
-def planned(s: Settings) -> int:
-    return len(s.contexts) * len(s.depths)
+def planned(r: Run) -> int:
+    return len(r.settings.contexts) * len(r.settings.depths)
 
 
 def prompt(r: Run, ctx: int, depth: float) -> tuple[str, dict[str, Any], str]:

@@ -7,13 +7,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .runner import Item, Record, Run, Settings, median
+from .runner import Item, Record, Run, median
 
 NAME = "speed"
 ASK = "Summarise the text above in a few sentences."
 
 
-def planned(s: Settings) -> int:
+def planned(r: Run) -> int:
+    s = r.settings
     return 1 + 2 * len(s.contexts) * sum(s.concurrency)
 
 

@@ -34,7 +34,7 @@ def execute(client: Client, corpus: Corpus, settings: Settings, prices: dict[str
     for name in settings.suites:
         module = SUITES[name]
         if on_suite:
-            on_suite(name, module.planned(settings))
+            on_suite(name, module.planned(run))
         summaries[name] = module.run(run)
     if "cost" in summaries:
         table, note = cost.prices_for(client.resolve_model(), prices)

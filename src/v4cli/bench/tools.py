@@ -11,7 +11,7 @@ from typing import Any
 
 from . import scorers
 from .client import Call
-from .runner import Item, Run, Settings, rate
+from .runner import Item, Run, rate
 
 NAME = "tools"
 
@@ -62,7 +62,7 @@ SCENARIOS: list[tuple[str, list[dict[str, Any]], list[dict[str, Any]], Any, str 
 ]
 
 
-def planned(s: Settings) -> int:
+def planned(r: Run) -> int:
     return len(SCENARIOS) + 2  # + the turn after the single call's result and the reasoning_content turn
 
 

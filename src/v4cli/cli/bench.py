@@ -1,5 +1,5 @@
-"""`v4 bench`: measure an endpoint (the local engine, or any OpenAI-compatible URL) on speed, recall, tool
-calls, JSON and cost; `v4 bench compare A.json B.json` puts two reports side by side."""
+"""`v4 bench`: measure an endpoint (the local engine, or any OpenAI- or Anthropic-compatible URL) on speed,
+recall, tool calls, JSON and cost; `v4 bench compare A.json B.json` puts two reports side by side."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .app import KeyOpt, UrlOpt, app, console, handled, opt
+from .app import KeyOpt, app, console, handled, opt
 
 if TYPE_CHECKING:
     from ..console import Console
@@ -57,8 +57,15 @@ def bench(
     model: Annotated[str | None, opt("--model", "-m", metavar="MODEL", help="Measure this local model through a "
                                       "`v4 serve` started on a free loopback port (default: V4_MODEL, else the "
                                       "first pulled, else tiny); with --url, the model name to ask for.")] = None,
-    url: UrlOpt = None,
+    url: Annotated[str | None, opt("--url", metavar="URL", help="Measure this endpoint instead (v4 serve, DeepSeek's "
+                                  "API, SGLang, vLLM): an OpenAI base URL, or an Anthropic one (see "
+                                  "--format).")] = None,
     api_key: KeyOpt = None,
+    fmt: Annotated[str | None, opt("--format", metavar="FORMAT", help="API format: openai (Chat Completions) or "
+                                    "anthropic (Messages: POST .../v1/messages, x-api-key). Default: anthropic "
+                                    "when the --url path ends in /anthropic, /anthropic/v1 or /v1/messages, "
+                                    "else openai. With --model, the format the local server is measured "
+                                    "in.")] = None,
     context: Annotated[str, opt("--context", "-c", metavar="LIST", help="Prompt lengths in tokens for speed and "
                                  "recall, e.g. 2k,32k,128k,1m.")] = "2k,32k",
     concurrency: Annotated[str, opt("--concurrency", metavar="LIST", help="Requests at once for speed, e.g. "
@@ -96,7 +103,8 @@ def bench(
     reasoning_content sent back; scored for well-formed, schema-valid calls, the right tool and no
     markup in content. JSON: JSON mode, scored for parsing and keys. Cost: the tokens each suite used
     and their price. Every request that fails is reported and the run goes on; the exit status is 1
-    unless every request succeeded.
+    unless every request succeeded. The anthropic format has no JSON mode: its json suite sends
+    nothing and says so.
 
     Examples:
 
@@ -106,12 +114,13 @@ def bench(
 
       v4 bench --url http://gpu-box:30000 --file src/ --suite recall --context 32k,128k --plot recall.png
 
+      v4 bench --url https://api.deepseek.com/anthropic --api-key $KEY --suite speed,tools,cost
+
       v4 bench compare api.json local.json
     """
     if ctx.invoked_subcommand is not None:
         return
-    from ..bench import cost, haystack, suites
-    from ..bench.client import Client
+    from ..bench import anthropic, cost, haystack, suites
     from ..bench.runner import Settings
 
     c = console()
@@ -123,18 +132,20 @@ def bench(
         settings = Settings(names, parse_tokens(context, "--context"), parse_counts(concurrency, "--concurrency"),
                             [d / 100 for d in parse_counts(depths, "--depths", top=100)], max_tokens, answer_tokens,
                             think, think_tokens, seed)
+        url = url if not url or "://" in url else f"http://{url}"  # host:port, as `v4 chat --url` reads it
+        fmt = _format(fmt, url)
         table = cost.load_table(prices)
         if plot:
-            from ..bench.chart import pyplot
+            from ..bench.chart import require_matplotlib
 
-            pyplot()  # before the run, not after it
+            require_matplotlib()  # before the run, not after it
         from ..chat_format import load_tokenizer
 
         tok = load_tokenizer()
         corpus = haystack.Corpus.from_files(tok, file) if file else haystack.Corpus.generated(tok, seed)
         if url:
-            _measure(c, Client(url, api_key=api_key, model=model, timeout=timeout), corpus, settings, table,
-                     {"url": url, "local": False, "served": None}, json_out, plot)
+            _measure(c, anthropic.client(url, fmt, api_key=api_key, model=model, timeout=timeout), corpus, settings,
+                     table, {"url": url, "local": False, "served": None}, json_out, plot)
             return
         from ..backend import default_model
         from ..bench.local import LocalServer
@@ -147,8 +158,24 @@ def bench(
             with c.steps(f"loading {name}", None) as step:
                 server.wait = lambda s: step(f"{s:.0f} s")
                 local_url = stack.enter_context(server)
-            _measure(c, Client(local_url, timeout=timeout), corpus, settings, table,
+            _measure(c, anthropic.client(local_url, fmt, timeout=timeout), corpus, settings, table,
                      {"url": local_url, "local": True, "served": name}, json_out, plot)
+
+
+def _format(fmt: str | None, url: str | None) -> str:
+    """--format as given (checked), else the URL's rule; an OpenAI --format on a Messages URL is a mistake."""
+    from ..bench.anthropic import FORMATS, is_messages_url
+
+    messages = bool(url) and is_messages_url(url or "")
+    if fmt is None:
+        return "anthropic" if messages else "openai"
+    fmt = fmt.strip().lower()
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"{fmt!r} is not a format: choose openai or anthropic", param_hint="--format")
+    if fmt == "openai" and messages:
+        raise typer.BadParameter(f"{url} is an Anthropic Messages URL: use --format anthropic, or give the "
+                                 "OpenAI base URL", param_hint="--format")
+    return fmt
 
 
 def _measure(c: Console, client: Any, corpus: Any, settings: Any, prices: dict[str, Any],
@@ -158,10 +185,11 @@ def _measure(c: Console, client: Any, corpus: Any, settings: Any, prices: dict[s
     from ..bench import chart, report, suites
 
     model = client.resolve_model()
-    c.info(f"measuring {model} at {client.url} ({corpus.source}, {corpus.tokens:,} tokens)")
+    c.info(f"measuring {model} at {client.url} in the {client.format} format ({corpus.source}, "
+           f"{corpus.tokens:,} tokens)")
     bars = _Bars(c)
     try:
-        rep = suites.execute(client, corpus, settings, prices, endpoint | {"model": model},
+        rep = suites.execute(client, corpus, settings, prices, endpoint | {"model": model, "format": client.format},
                              on_suite=bars.suite, on_done=bars.done)
     finally:
         bars.close()
@@ -237,7 +265,10 @@ def show(c: Console, rep: dict[str, Any]) -> None:
         keys = list(rates)
         c.table(["scenario", *keys], [[case, *("-" if sc.get(k) is None else "yes" if sc[k] else "NO" for k in keys)]
                                       for case, sc in s["tools"]["scenarios"].items()])
-    if "json" in s:
+    if "json" in s and s["json"]["unsupported"]:
+        c.print(f"json: {len(s['json']['cases'])} requests not sent: JSON mode is {s['json']['unsupported']}",
+                style="bold")
+    elif "json" in s:
         c.print(f"json: {_pct(s['json']['valid'])} valid objects, {_pct(s['json']['keys'])} of the keys asked for",
                 style="bold")
     if "cost" in s:
@@ -291,8 +322,9 @@ def compare(
         if as_json:
             c.json({"a": str(a), "b": str(b), "rows": rows})
             return
-        c.info(f"A: {ra['endpoint']['model']} at {ra['endpoint']['url']} ({ra['created']})")
-        c.info(f"B: {rb['endpoint']['model']} at {rb['endpoint']['url']} ({rb['created']})")
+        for side, r in (("A", ra), ("B", rb)):
+            e = r["endpoint"]
+            c.info(f"{side}: {e['model']} at {e['url']} ({e['format']} format, {r['created']})")
         c.table(["metric", "A", "B", "B/A", "better"],
                 [[r["metric"], _n(r["a"], 4), _n(r["b"], 4), "-" if r["ratio"] is None else f"{r['ratio']:.2f}",
                   r["better"] or "="] for r in rows], right=(1, 2, 3))
