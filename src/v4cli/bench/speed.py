@@ -55,8 +55,10 @@ def run(r: Run) -> dict[str, Any]:
     cells = []
     for ctx in s.contexts:
         for c in s.concurrency:
+            # Greedy: a sampled answer may end after a token or two, and then there is no decode rate to
+            # measure; the speed of a step does not depend on how its token was picked.
             bodies = [{"messages": [{"role": "user", "content": r.cold_prompt(ctx, f"{NAME}/{ctx}/{c}/{i}", ASK)}],
-                       "max_tokens": s.max_tokens, **r.thinking()} for i in range(c)]
+                       "max_tokens": s.max_tokens, "temperature": 0, **r.thinking()} for i in range(c)]
             cold = cell(r.batch(NAME, _items(bodies, ctx, "cold")))
             warm = cell(r.batch(NAME, _items(bodies, ctx, "warm")), cold)
             cells += [cold, warm]
