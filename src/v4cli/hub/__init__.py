@@ -10,7 +10,7 @@ Importing this package imports huggingface_hub: the CLI does so inside its verbs
 """
 
 from .catalog import ModelInfo, ResolvedModel, list_models, remove, resolve
-from .display import known_config, memory_plan, plan_for_pull, plan_info, show
+from .display import known_config, memory_plan, plan_for_pull, show
 from .download import DEFAULT_INCLUDE, ESSENTIAL, pull
 from .env import cache_dir, endpoint, offline
 from .errors import HubError, ModelNotFound, NotEnoughDisk, PullError
@@ -19,5 +19,5 @@ from .verification import verify
 
 __all__ = ["ALIASES", "BUILTIN", "DEFAULT_INCLUDE", "ESSENTIAL", "HubError", "ModelInfo", "ModelNotFound",
            "NotEnoughDisk", "PullError", "ResolvedModel", "cache_dir", "endpoint", "known_config", "list_models",
-           "memory_plan", "offline", "plan_for_pull", "plan_info", "pull", "remove", "repo_id_of", "resolve", "show",
+           "memory_plan", "offline", "plan_for_pull", "pull", "remove", "repo_id_of", "resolve", "show",
            "verify"]

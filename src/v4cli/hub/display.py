@@ -40,11 +40,6 @@ def memory_plan(args: ModelArgs, context: int) -> MemoryPlan:
     return memplan.plan(args, context, 1)
 
 
-def plan_info(mp: MemoryPlan) -> dict[str, Any]:
-    return {"context": mp.context, "weights_bytes": mp.weights, "state_bytes": mp.state, "total_bytes": mp.total,
-            "available_bytes": mp.available, "fits": mp.total <= mp.available, "text": mp.describe()}
-
-
 def download_bytes(args: ModelArgs) -> int:
     """About what a pull of the model downloads: its weights as stored (FP8 and FP4 stay packed)."""
     from ..runtime.plan import weight_bytes
@@ -68,7 +63,7 @@ def show(name: str, context: int | None = None, revision: str | None = None) -> 
                                            "revision": None, "pulled": False,
                                            "download_bytes": download_bytes(args), "disk_bytes": 0}
         out["status"] = f"not pulled yet (`v4 pull {name}`, {gigabytes(out['download_bytes'])})"
-        out["memory_plan"] = plan_info(memory_plan(args, context or PLAN_CONTEXT))
+        out["memory_plan"] = memory_plan(args, context or PLAN_CONTEXT).summary()
         return out
     assert m.path is not None
     config = m.path / "config.json"

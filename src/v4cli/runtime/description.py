@@ -52,7 +52,7 @@ def describe(path: str | Path, context: int | None = None, dtype_bytes: int = 2)
     """Layout, storage formats, problems (one line each, grouped per file, with the remedy) and the memory plan
     at `context` (default: the model's longest) of a checkpoint folder. A folder that cannot be read at all
     gives its problems and no layout."""
-    from .plan import plan_checkpoint
+    from .plan import plan_reading
 
     try:
         r = read_checkpoint(path)
@@ -62,16 +62,13 @@ def describe(path: str | Path, context: int | None = None, dtype_bytes: int = 2)
     ck = r.ckpt
     total = sum(ck.nbytes(n) for n in ck.names())
     ctx = context or r.args.max_position_embeddings
-    mp = plan_checkpoint(path, ctx, 1, dtype_bytes)
-    assert mp is not None  # the folder was just read
+    mp = plan_reading(r, ctx, 1, dtype_bytes)  # the headers just read, not read again
     out: dict[str, Any] = {
         "layout": r.layout.key, "layout_title": r.layout.title,
         "tensors": len(ck.names()) + len(ck.lost), "tensors_recognised": r.match.recognised,
         "storage": storage_by_family(r), "mtp_on_disk": r.args.num_nextn_predict_layers > 0,
         "tensor_bytes": total,
-        "memory_plan": {"context": ctx, "weights_bytes": mp.weights, "state_bytes": mp.state,
-                        "total_bytes": mp.total, "available_bytes": mp.available, "fits": mp.total <= mp.available,
-                        "text": mp.describe()},
+        "memory_plan": mp.summary(),
         "problems": [str(p) for p in grouped(r.problems)],
     }
     if r.problems:

@@ -227,17 +227,8 @@ def install() -> str:
     if why is not None:
         ops.reset()  # what the line says is what runs, even after an earlier install in this process
         return f"{REFERENCE} ({why})"
-    ops.register("fp8_linear", fp8_linear)
-    ops.register("fp4_linear", fp4_linear)
-    ops.register("dense_linear", dense_linear)
-    ops.register("moe_experts", moe_experts)
-    ops.register("sparse_attention", sparse_attention)
-    ops.register("indexer_scores", indexer_scores)
-    ops.register("hc_sinkhorn", hc_sinkhorn)
-    ops.register("rope", rope)
-    ops.register("hadamard", hadamard)
-    ops.register("fp8_round", fp8_round)
-    ops.register("fp4_round", fp4_round)
+    for name in ops.OP_NAMES:  # every op has its wrapper below, under the op's own name
+        ops.register(name, globals()[name])
     return f"C++ CPU kernels: {', '.join(ops.OP_NAMES)}"
 
 

@@ -22,9 +22,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
 from .args import ModelArgs
+
+if TYPE_CHECKING:
+    from .weights import Reading
 
 GiB = 1 << 30
 FORMATS = ("ours", "reference", "fp8", "mxfp4-indexer")
@@ -196,6 +200,12 @@ class MemoryPlan:
         """The largest batch that fits at this context (0 if none)."""
         return max(0, (self.available - self.weights) // self.state_per_seq)
 
+    def summary(self) -> dict[str, Any]:
+        """The plan as data (`v4 show --json`), its text included."""
+        return {"context": self.context, "weights_bytes": self.weights, "state_bytes": self.state,
+                "total_bytes": self.total, "available_bytes": self.available, "fits": self.total <= self.available,
+                "text": self.describe()}
+
     def describe(self) -> str:
         return "\n".join([
             f"memory plan: {self.batch} x {self.context:,} tokens, decode state as {self.fmt!r} "
@@ -239,15 +249,23 @@ def plan_checkpoint(path: str | Path, context: int | None, batch: int, dtype_byt
                     available: int | None = None, device: object = "cpu") -> MemoryPlan | None:
     """The plan for a checkpoint folder as `load_model` will hold it; None when the folder cannot be read
     (then `load_model` reports why)."""
-    import dataclasses
-
     from .checkpoint import CheckpointError
-    from .weights import STORED_PRECISION, survey  # the on-disk form decides the bytes
+    from .weights import survey  # the on-disk form decides the bytes
 
     try:
         r = survey(path)
     except CheckpointError:
         return None
+    return plan_reading(r, context, batch, dtype_bytes, available, device)
+
+
+def plan_reading(r: Reading, context: int | None, batch: int, dtype_bytes: int, available: int | None = None,
+                 device: object = "cpu") -> MemoryPlan:
+    """`plan_checkpoint` for a folder whose headers are already read (`weights.survey`, `read_checkpoint`)."""
+    import dataclasses
+
+    from .weights import STORED_PRECISION
+
     avail = available_memory(device) if available is None else available
     mp = plan(r.args, context or r.args.max_position_embeddings, batch, dtype_bytes, "ours", avail, r.expert_fmt)
     # the embedding and head stay as stored, which `weight_bytes` counts as BF16: an FP32 export holds twice that
