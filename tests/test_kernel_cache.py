@@ -10,22 +10,22 @@ from pathlib import Path
 
 import pytest
 
-from v4cli.runtime import kernels, ops
+from v4cli.runtime import kernel_build, kernels, ops
 
 
 @pytest.fixture
 def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("V4_KERNEL_CACHE", str(tmp_path / "kernels"))
-    kernels.build_key.cache_clear()
+    kernel_build.key.cache_clear()
     yield tmp_path / "kernels"
-    kernels.build_key.cache_clear()
+    kernel_build.key.cache_clear()
     ops.reset()
 
 
 def test_every_build_input_is_in_the_key(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     inputs = kernels.build_inputs()
-    assert set(inputs) == {"sources", "csrc", "cflags", "torch", "torch_git", "torch_cxx11_abi", "torch_dir", "python",
-                           "python_include", "compiler", "env", "machine", "cpu"}
+    assert set(inputs) == {"build", "sources", "csrc", "cflags", "cuda_cflags", "torch", "torch_git", "torch_cxx11_abi",
+                           "torch_dir", "python", "python_include", "compiler", "env", "machine", "cpu"}
     assert inputs["torch_dir"] == str(Path(__import__("torch").__file__).resolve().parent)
     assert sys.implementation.cache_tag in inputs["python"]
     # another venv: another torch (version or folder), another Python: each its own key
@@ -39,7 +39,7 @@ def test_every_build_input_is_in_the_key(fresh_cache: Path, monkeypatch: pytest.
     assert first == fresh_cache / kernels.key_of(inputs)
     # an environment variable that reaches the compiler changes the folder too
     monkeypatch.setenv("CXXFLAGS", "-DV4_TEST=1")
-    kernels.build_key.cache_clear()
+    kernel_build.key.cache_clear()
     assert kernels.build_inputs()["env"] == "CXXFLAGS=-DV4_TEST=1"
     assert kernels.build_dir() != first and kernels.build_dir().parent == first.parent
 
@@ -67,6 +67,6 @@ def test_a_real_build_into_a_fresh_cache_says_so_then_is_reused(tmp_path: Path) 
     first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
     assert first.stdout.startswith("C++ CPU kernels"), first.stderr
     assert "building the C++ kernels (once, about " in first.stderr
-    assert (tmp_path / "kernels" / "last-build-seconds").exists()
+    assert (tmp_path / "kernels" / "last-build-seconds-v4cli_cpu").exists()
     second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
     assert second.stdout.startswith("C++ CPU kernels") and "building" not in second.stderr

@@ -19,6 +19,28 @@ def test_seam_defaults_to_the_twins_and_can_be_swapped():
         ops.reset()
     with pytest.raises(KeyError):
         ops.register("no_such_op", print)
+    with pytest.raises(KeyError):
+        ops.register("hadamard", print, device="tpu")
+
+
+def test_seam_dispatches_on_the_tensors_device():
+    """A kernel registered for one device never sees another device's tensors: those run the twin."""
+    seen = []
+    ops.register("hadamard", lambda x: seen.append("cuda") or ops_ref.hadamard(x), device="cuda")
+    try:
+        x = torch.randn(2, 8)
+        assert torch.equal(ops.hadamard(x), ops_ref.hadamard(x)) and seen == []  # a CPU tensor: the twin
+        assert ops.backend("hadamard", "cuda") != "torch" and ops.backend("hadamard") == "torch"
+        meta = torch.empty(2, 8, device="meta")  # no kernel for "meta" either: the twin runs there
+        assert ops.hadamard(meta).device.type == "meta" and seen == []
+        ops.register("hadamard", lambda x: seen.append("cpu") or ops_ref.hadamard(x))
+        ops.hadamard(x)
+        assert seen == ["cpu"]
+        ops.reset("cpu")  # one device back to the twins, the other kept
+        assert ops.backend("hadamard") == "torch" and ops.backend("hadamard", "cuda") != "torch"
+    finally:
+        ops.reset()
+    assert ops.backend("hadamard", "cuda") == "torch"
 
 
 def test_sparse_attention_matches_per_head_loop():

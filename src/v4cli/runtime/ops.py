@@ -1,7 +1,9 @@
 """The one seam between the model and its kernels.
 
-The model calls only these names. Each resolves to a compiled kernel when one is built for the
-tensor's device and otherwise to its PyTorch twin in `ops_ref` (same signature, tested against it).
+The model calls only these names. Each resolves to the kernel registered for its first tensor's device type
+("cpu", "cuda") and otherwise to its PyTorch twin in `ops_ref` (same signature, tested against it), so an op
+with no kernel for a device still runs there, and a tensor on another device never reaches a kernel built for
+the wrong one.
 """
 
 from __future__ import annotations
@@ -13,67 +15,79 @@ from . import ops_ref
 
 OP_NAMES = ("fp8_linear", "fp4_linear", "dense_linear", "moe_experts", "sparse_attention", "indexer_scores",
             "hc_sinkhorn", "rope", "hadamard", "fp8_round", "fp4_round")
+DEVICES = ("cpu", "cuda")
 
-_impl: dict[str, Callable[..., Any]] = {name: getattr(ops_ref, name) for name in OP_NAMES}
+# op -> device type -> kernel; a device type missing from an op's table runs the twin
+_impl: dict[str, dict[str, Callable[..., Any]]] = {name: {} for name in OP_NAMES}
+_twin: dict[str, Callable[..., Any]] = {name: getattr(ops_ref, name) for name in OP_NAMES}
 
 
-def register(name: str, fn: Callable[..., Any]) -> None:
-    """Install a kernel for `name` (it must keep the twin's signature and results)."""
+def register(name: str, fn: Callable[..., Any], device: str = "cpu") -> None:
+    """Install a kernel for `name` on `device` (it must keep the twin's signature and results)."""
     if name not in _impl:
         raise KeyError(f"unknown op {name!r}; ops are {', '.join(OP_NAMES)}")
-    _impl[name] = fn
+    if device not in DEVICES:
+        raise KeyError(f"unknown device type {device!r}; kernels register for {', '.join(DEVICES)}")
+    _impl[name][device] = fn
 
 
-def reset() -> None:
-    """Back to the PyTorch twins."""
-    for name in OP_NAMES:
-        _impl[name] = getattr(ops_ref, name)
+def reset(device: str | None = None) -> None:
+    """Back to the PyTorch twins, on `device` or on every device."""
+    for table in _impl.values():
+        if device is None:
+            table.clear()
+        else:
+            table.pop(device, None)
 
 
-def backend(name: str) -> str:
-    fn = _impl[name]
-    return "torch" if fn is getattr(ops_ref, name) else getattr(fn, "__module__", "kernel")
+def backend(name: str, device: str = "cpu") -> str:
+    fn = _impl[name].get(device)
+    return "torch" if fn is None else getattr(fn, "__module__", "kernel")
+
+
+def _pick(name: str, t: Any) -> Callable[..., Any]:
+    return _impl[name].get(t.device.type, _twin[name])
 
 
 def fp8_linear(x, weight, scale, act_quant):  # noqa: ANN001, ANN201 - signature documented in ops_ref
-    return _impl["fp8_linear"](x, weight, scale, act_quant)
+    return _pick("fp8_linear", x)(x, weight, scale, act_quant)
 
 
 def fp4_linear(x, packed, scale, act_quant):  # noqa: ANN001, ANN201
-    return _impl["fp4_linear"](x, packed, scale, act_quant)
+    return _pick("fp4_linear", x)(x, packed, scale, act_quant)
 
 
 def dense_linear(x, weight):  # noqa: ANN001, ANN201
-    return _impl["dense_linear"](x, weight)
+    return _pick("dense_linear", x)(x, weight)
 
 
 def moe_experts(x, weights, picks, w1, s1, w3, s3, w2, s2, limit, act_quant):  # noqa: ANN001, ANN201
-    return _impl["moe_experts"](x, weights, picks, w1, s1, w3, s3, w2, s2, limit, act_quant)
+    return _pick("moe_experts", x)(x, weights, picks, w1, s1, w3, s3, w2, s2, limit, act_quant)
 
 
 def sparse_attention(q, kv, sink, idx, softmax_scale, dense=None, limit=None):  # noqa: ANN001, ANN201
-    return _impl["sparse_attention"](q, kv, sink, idx, softmax_scale, dense, limit)
+    return _pick("sparse_attention", q)(q, kv, sink, idx, softmax_scale, dense, limit)
 
 
 def indexer_scores(q, weights, keys):  # noqa: ANN001, ANN201
-    return _impl["indexer_scores"](q, weights, keys)
+    return _pick("indexer_scores", q)(q, weights, keys)
 
 
 def hc_sinkhorn(mixes, scale, base, n, iters, eps):  # noqa: ANN001, ANN201
-    return _impl["hc_sinkhorn"](mixes, scale, base, n, iters, eps)
+    return _pick("hc_sinkhorn", mixes)(mixes, scale, base, n, iters, eps)
 
 
 def rope(x, cos, sin, inverse=False):  # noqa: ANN001, ANN201
-    return _impl["rope"](x, cos, sin, inverse)
+    return _pick("rope", x)(x, cos, sin, inverse)
 
 
 def hadamard(x):  # noqa: ANN001, ANN201
-    return _impl["hadamard"](x)
+    return _pick("hadamard", x)(x)
 
 
 def fp8_round(x, block, width=None):  # noqa: ANN001, ANN201
-    return _impl["fp8_round"](x, block, width)
+    return _pick("fp8_round", x)(x, block, width)
 
 
 def fp4_round(x, block=32):  # noqa: ANN001, ANN201
-    return _impl["fp4_round"](x, block)
+    return _pick("fp4_round", x)(x, block)

@@ -1,0 +1,90 @@
+"""The CUDA kernels behind `ops` (csrc/cuda): built on first use for the GPU torch sees, cached, registered for
+the "cuda" device type.
+
+The kernels are plain CUDA C++ on raw pointers (csrc/cuda/*.cu, no torch headers: they compile in seconds); one
+small .cpp binds them under torch's CUDA dispatch key, next to the schemas of the CPU build (which loads first:
+`kernels.install(device)` calls `install()` here). An op without a CUDA kernel runs its PyTorch twin on the GPU.
+Without a CUDA device, or a torch built without CUDA, nothing is built and `install()` says so in one line.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from . import kernel_build, ops
+
+SOURCES = ("cuda/registration.cpp",)
+HEADERS = ("cuda/launch.h", "cuda/quant.cuh")
+_built = False
+
+
+def arch_flags(capability: tuple[int, int]) -> tuple[str, ...]:
+    """Machine code for the device's own architecture (no PTX left for the driver to compile at start). Hopper
+    (9.0) gets sm_90a, the target with wgmma and setmaxnreg; the -gencode form, since `-arch=sm_90a` also runs
+    a plain sm_90 pass that rejects those instructions."""
+    major, minor = capability
+    arch = f"{major}{minor}" + ("a" if (major, minor) == (9, 0) else "")
+    return (f"-gencode=arch=compute_{arch},code=sm_{arch}",)
+
+
+CUDA_CFLAGS = ("-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo")
+
+
+def _gpu_inputs() -> dict[str, str]:
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    return {"nvcc": kernel_build.tool_id("nvcc"), "gpu": name, "torch_cuda": str(torch.version.cuda)}
+
+
+@functools.cache
+def build() -> kernel_build.Build:
+    cap = torch.cuda.get_device_capability() if torch.cuda.is_available() else (9, 0)
+    return kernel_build.Build(name="v4cli_cuda", what="the CUDA kernels", sources=SOURCES, headers=HEADERS,
+                              cflags=("-O3",), cuda_cflags=CUDA_CFLAGS + arch_flags(cap), extra=_gpu_inputs)
+
+
+def unavailable() -> str | None:
+    """Why the CUDA kernels cannot run here, or None."""
+    if torch.version.cuda is None:
+        return "this torch is built without CUDA"
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    return None
+
+
+def install() -> str:
+    """Build or load the CUDA kernels and route `ops` on CUDA tensors to them; one line says what runs. The
+    CPU build (the op schemas) must be loaded already."""
+    global _built
+    why = unavailable()
+    if why is None and not _built:
+        try:
+            kernel_build.load(build())
+            _built = True
+        except Exception as e:  # a failed build: the twins run on the GPU
+            why = f"CUDA kernels unavailable: {kernel_build.first_line(e)}"
+    if why is not None:
+        ops.reset("cuda")
+        return f"{kernel_build.REFERENCE} on the GPU ({why})"
+    names = [name for name in ops.OP_NAMES if name in globals()]
+    for name in names:
+        ops.register(name, globals()[name], device="cuda")
+    rest = [name for name in ops.OP_NAMES if name not in names]
+    return f"CUDA kernels: {', '.join(names) or 'none'}" + (f" (twins: {', '.join(rest)})" if rest else "")
+
+
+def _same_device(*tensors: torch.Tensor | None) -> bool:
+    devs = {t.device for t in tensors if t is not None}
+    return len(devs) == 1
+
+
+_FLOATS = (torch.float32, torch.bfloat16)
+
+# ---- linear: fp8_linear, fp4_linear, dense_linear --------------------------------------------------------------
+
+# ---- moe: moe_experts -------------------------------------------------------------------------------------------
+
+# ---- attention: sparse_attention, indexer_scores --------------------------------------------------------------
+
+# ---- pointwise: hc_sinkhorn, rope, hadamard, fp8_round, fp4_round --------------------------------------------
