@@ -26,7 +26,7 @@ class LocalBackend:
     LocalBackend among all its requests (`submit`); the REPL and `ask` use `chat`."""
 
     def __init__(self, model: str = "tiny", *, context: int = 32768, chunk_size: int = 512,
-                 device: str = "cpu", prefix_cache: bool = True, max_batch: int = 1,
+                 device: str = "auto", prefix_cache: bool = True, max_batch: int = 1,
                  max_queue: int | None = None) -> None:
         self.model, self.context, self.chunk_size, self.device = model, context, chunk_size, device
         self.prefix_cache, self.max_batch, self.max_queue = prefix_cache, max_batch, max_queue
@@ -49,8 +49,10 @@ class LocalBackend:
         """Refuse now what load() would refuse after seconds or minutes: a name that is no model, a context
         beyond the model's own. `materialize=False` leaves the built-in unwritten (then only the name counts)."""
         from . import hub
+        from .runtime import devices
         from .runtime.args import ModelArgs
 
+        devices.resolve(self.device)  # --device cuda without a GPU is refused before anything loads
         m = hub.resolve(self.model, materialize=materialize)
         if m.kind == "builtin" and not materialize:  # not written yet: its config is known all the same
             from .runtime.tiny import builtin_args
@@ -89,7 +91,8 @@ class LocalBackend:
             yield Notice(f"loading {self.model} …")  # a real checkpoint takes a while: say what is happening
         self.load()  # a kernel build says so itself (kernels.install), in every command
         yield from (Notice(w, warn=True) for w in self.warnings)
-        if self.device == "cpu" and kernels.enabled() and self.engine.kernels.startswith(kernels.REFERENCE):
+        if self.engine.device.type == "cpu" and kernels.enabled() and self.engine.kernels.startswith(
+                kernels.REFERENCE):
             yield Notice(f"running on {self.engine.kernels}: decoding is slower")
 
     # ---- requests ----------------------------------------------------------------------------------------
@@ -186,13 +189,13 @@ def interval_points(n: int, step: int = 4096, far: int = 32768) -> list[int]:
 
 
 def make_backend(model: str | None, url: str | None = None, api_key: str | None = None, *,
-                 context: int = 32768) -> Backend:
+                 context: int = 32768, device: str = "auto") -> Backend:
     """The backend the CLI flags describe: --url wins; otherwise the local model (default: see default_model)."""
     if url:
         from .remote import RemoteBackend
 
         return RemoteBackend(url, model, api_key)
-    return LocalBackend(model or default_model(), context=context)
+    return LocalBackend(model or default_model(), context=context, device=device)
 
 
 def default_model() -> str:

@@ -60,6 +60,9 @@ ContinueOpt = Annotated[bool, opt("--continue", "-c", help="Continue the last co
 CidOpt = Annotated[str | None, opt("--cid", metavar="ID", help="Continue this conversation (an id from `v4 logs`, "
                                     "or its first characters).")]
 NoLogOpt = Annotated[bool, opt("--no-log", help="Do not log this exchange in V4_HOME/logs.db (also V4_NO_LOG=1).")]
+DeviceOpt = Annotated[str, opt("--device", metavar="auto|cpu|cuda", envvar="V4_DEVICE", show_envvar=True,
+                               help="Where the model runs: auto (a CUDA GPU when torch sees one, else the CPU), "
+                               "cpu, cuda or cuda:N.")]
 
 
 def _version(value: bool) -> None:
@@ -102,11 +105,13 @@ def check_effort(value: str | None) -> str | None:
     return value
 
 
-def backend_for(model: str | None, url: str | None, api_key: str | None, context: int) -> Backend:
-    """The backend the flags describe; a local model is checked now (its name, --context against its limit)."""
+def backend_for(model: str | None, url: str | None, api_key: str | None, context: int,
+                device: str = "auto") -> Backend:
+    """The backend the flags describe; a local model is checked now (its name, --context against its limit,
+    the device)."""
     from ..backend import LocalBackend, make_backend
 
-    backend = make_backend(model, url, api_key, context=context)
+    backend = make_backend(model, url, api_key, context=context, device=device)
     if isinstance(backend, LocalBackend):
         backend.check()
     return backend

@@ -14,6 +14,7 @@ from .app import (
     CidOpt,
     ContextOpt,
     ContinueOpt,
+    DeviceOpt,
     EffortOpt,
     KeyOpt,
     ModelOpt,
@@ -70,6 +71,7 @@ def ask(
     url: UrlOpt = None,
     api_key: KeyOpt = None,
     context: ContextOpt = 65536,
+    device: DeviceOpt = "auto",
     max_tokens: Annotated[int, opt("--max-tokens", min=1, metavar="N", help="Longest answer in tokens; the "
                                     "prompt gets the rest of the context.")] = 4096,
     temperature: TempOpt = None,
@@ -118,7 +120,7 @@ def ask(
         stdin = _stdin(context - max_tokens)
         mode = "thinking" if think else "chat"
         if dry_run and not url:  # the real run's refusals too: a name that is no model, a context past its limit
-            LocalBackend(model or default_model(), context=context).check(materialize=False)
+            LocalBackend(model or default_model(), context=context, device=device).check(materialize=False)
         try:
             files, skipped = ingest.collect(file, extra_ignores=exclude or [], follow_gitignore=not no_gitignore) \
                 if file else ([], [])
@@ -147,7 +149,7 @@ def ask(
             c.warn(ing.stdin.describe())
         # defused either way (ingest defuses its prompt): a remote server gets what the local encoder writes
         content = chat_format.defuse(question) if ing is None else _user_text(ing.prompt_text, mode)
-        backend = backend_for(model, url, api_key, context)
+        backend = backend_for(model, url, api_key, context, device)
         if conv is not None:
             c.note(f"continuing conversation {conv.cid} ({len(conv.messages) // 2} earlier turn(s))")
         # local: the ingested ids as they are, with a snapshot after everything before the question; a

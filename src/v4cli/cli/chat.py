@@ -9,6 +9,7 @@ from .app import (
     CidOpt,
     ContextOpt,
     ContinueOpt,
+    DeviceOpt,
     EffortOpt,
     KeyOpt,
     ModelOpt,
@@ -38,6 +39,7 @@ def chat(
     url: UrlOpt = None,
     api_key: KeyOpt = None,
     context: ContextOpt = 32768,
+    device: DeviceOpt = "auto",
     max_tokens: Annotated[int, opt("--max-tokens", min=1, metavar="N", help="Longest answer in tokens.")] = 4096,
     temperature: TempOpt = None,
     show_thinking: ShowThinkOpt = False,
@@ -70,7 +72,7 @@ def chat(
         conv = logs.resume(cid) if cont or cid else None
         if conv is not None and model is None and conv.endpoint == logs.endpoint(url):
             model = conv.model
-        backend = backend_for(model, url, api_key, context)
+        backend = backend_for(model, url, api_key, context, device)
 
         def switch(name: str) -> Backend:
             if url:
@@ -78,7 +80,7 @@ def chat(
             from .. import hub
 
             hub.resolve(name, materialize=False)  # unknown names fail now, not at the next question
-            return backend_for(name, None, None, context)
+            return backend_for(name, None, None, context, device)
 
         state = ChatState(messages=list(conv.messages) if conv else [],
                           system=system if system is not None or conv is None else conv.system,

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .app import JsonOpt, app, console, handled, opt
+from .app import DeviceOpt, JsonOpt, app, console, handled, opt
 
 if TYPE_CHECKING:
     from ..console import Console
@@ -22,6 +22,7 @@ def pull(
     checksums: Annotated[bool, opt("--checksums", help="Also hash every file against the Hub.")] = False,
     context: Annotated[int, opt("--context", min=256, metavar="TOKENS", help="Context of the memory plan "
                                 "printed first.")] = 32768,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Download a model from the Hugging Face Hub, then check it. A pull that stopped (Ctrl-C, a lost
     connection, a reboot) continues where it stopped, inside the file it was writing.
@@ -40,7 +41,7 @@ def pull(
 
     c = console()
     with handled(c, f"pull interrupted: run `v4 pull {model}` again to continue where it stopped"):
-        plan = hub.plan_for_pull(model, context)
+        plan = hub.plan_for_pull(model, context, device)
         if plan is not None:
             c.info(plan.describe())
             try:
@@ -90,6 +91,7 @@ def show(
     model: Annotated[str, typer.Argument(metavar="MODEL", help="Model name, repo id or folder.")],
     context: Annotated[int | None, opt("--context", min=1, metavar="TOKENS", help="The memory plan at this "
                                         "context (default: the model's longest).")] = None,
+    device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Show a model's configuration, its layout and storage formats on disk, its size and the memory it needs.
@@ -108,7 +110,7 @@ def show(
 
     c = console()
     with handled(c):
-        info = hub.show(model, context)
+        info = hub.show(model, context, device=device)
         problems, remedy = info.pop("problems", []), info.pop("remedy", None)
         if as_json:
             c.json({**info, "problems": problems, "remedy": remedy})

@@ -32,12 +32,14 @@ def known_config(name: str) -> dict[str, Any] | None:
     return json.loads(resources.files(__package__).joinpath("configs", f"{alias}.json").read_text())
 
 
-def memory_plan(args: ModelArgs, context: int) -> MemoryPlan:
-    """The plan of one sequence at `context` tokens on this machine (arithmetic on the config: nothing is read)."""
+def memory_plan(args: ModelArgs, context: int, device: str = "auto") -> MemoryPlan:
+    """The plan of one sequence at `context` tokens on this machine's `device` (arithmetic on the config:
+    nothing is read)."""
+    from ..runtime import devices
     from ..runtime import plan as memplan
 
     args.check_context(context)
-    return memplan.plan(args, context, 1)
+    return memplan.plan(args, context, 1, device=devices.resolve(device))
 
 
 def download_bytes(args: ModelArgs) -> int:
@@ -47,7 +49,7 @@ def download_bytes(args: ModelArgs) -> int:
     return weight_bytes(args)
 
 
-def show(name: str, context: int | None = None, revision: str | None = None) -> dict[str, Any]:
+def show(name: str, context: int | None = None, revision: str | None = None, device: str = "auto") -> dict[str, Any]:
     """A summary of a model's config and its size on disk; with `context`, the memory plan at that context.
     flash and pro answer before they are pulled too (`pulled: false`, plan always included)."""
     from ..runtime.args import ModelArgs
@@ -63,7 +65,7 @@ def show(name: str, context: int | None = None, revision: str | None = None) -> 
                                            "revision": None, "pulled": False,
                                            "download_bytes": download_bytes(args), "disk_bytes": 0}
         out["status"] = f"not pulled yet (`v4 pull {name}`, {gigabytes(out['download_bytes'])})"
-        out["memory_plan"] = memory_plan(args, context or PLAN_CONTEXT).summary()
+        out["memory_plan"] = memory_plan(args, context or PLAN_CONTEXT, device).summary()
         return out
     assert m.path is not None
     config = m.path / "config.json"
@@ -77,7 +79,7 @@ def show(name: str, context: int | None = None, revision: str | None = None) -> 
         args.check_context(context)
     from ..runtime.description import describe  # headers only: layout, storage, problems, memory plan
 
-    out.update(describe(m.path, context))
+    out.update(describe(m.path, context, device))
     return out
 
 
@@ -111,7 +113,7 @@ def _summary(name: str, args: ModelArgs, raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def plan_for_pull(name: str, context: int) -> MemoryPlan | None:
+def plan_for_pull(name: str, context: int, device: str = "auto") -> MemoryPlan | None:
     """The plan `v4 pull` prints first: from the config already pulled, else the shipped one (flash, pro);
     None for any other repo not pulled yet (its config is not known before the download)."""
     from ..runtime.args import ModelArgs
@@ -127,4 +129,4 @@ def plan_for_pull(name: str, context: int) -> MemoryPlan | None:
         if raw is None:
             return None
         args = ModelArgs.from_dict(raw)
-    return memory_plan(args, context)
+    return memory_plan(args, context, device)

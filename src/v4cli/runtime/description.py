@@ -48,10 +48,12 @@ def storage_by_family(r: Reading) -> dict[str, str]:
     return {f: " + ".join(sorted(found[f], key=_ORDER.index)) for f in order if f in found}
 
 
-def describe(path: str | Path, context: int | None = None, dtype_bytes: int = 2) -> dict[str, Any]:
+def describe(path: str | Path, context: int | None = None, device: str = "auto", dtype_bytes: int = 2
+             ) -> dict[str, Any]:
     """Layout, storage formats, problems (one line each, grouped per file, with the remedy) and the memory plan
     at `context` (default: the model's longest) of a checkpoint folder. A folder that cannot be read at all
     gives its problems and no layout."""
+    from . import devices
     from .plan import plan_reading
 
     try:
@@ -62,7 +64,7 @@ def describe(path: str | Path, context: int | None = None, dtype_bytes: int = 2)
     ck = r.ckpt
     total = sum(ck.nbytes(n) for n in ck.names())
     ctx = context or r.args.max_position_embeddings
-    mp = plan_reading(r, ctx, 1, dtype_bytes)  # the headers just read, not read again
+    mp = plan_reading(r, ctx, 1, dtype_bytes, device=devices.resolve(device))  # the headers just read, not again
     out: dict[str, Any] = {
         "layout": r.layout.key, "layout_title": r.layout.title,
         "tensors": len(ck.names()) + len(ck.lost), "tensors_recognised": r.match.recognised,

@@ -15,7 +15,7 @@ import torch
 from tokenizers import Tokenizer
 
 from ..tokens import model_tokenizer
-from . import kernels
+from . import devices, kernels
 from .args import ContextLimitError
 from .cache import SeqState
 from .detokenizer import StopMatcher, TextStream
@@ -117,25 +117,26 @@ class Engine:
         self.kernels = kernels.REFERENCE  # set by from_pretrained (kernels.install): what runs behind `ops`
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto", dtype: torch.dtype = torch.bfloat16,
                         max_context: int | None = None, max_batch: int = 8, chunk_size: int = 512,
                         simulate_quant: bool = True, available: int | None = None, speculative: bool = False,
                         prefix_cache_dir: Path | None = None, prefix_cache_ram: int = 1 << 30) -> Engine:
-        """`dtype`: the activations' and decode state's (BF16 as the reference; FP32 doubles the state's bytes
+        """`device`: "auto" (a CUDA device when torch sees one, else the CPU), "cpu", "cuda" or "cuda:N".
+        `dtype`: the activations' and decode state's (BF16 as the reference; FP32 doubles the state's bytes
         and on the CPU decodes no faster). `available`: bytes free for weights + decode state (default: what
         the device has free now).
         `speculative`: draft with the MTP block. `prefix_cache_dir`: keep prefix snapshots on disk too."""
         # Refuse before reading any weight when weights + decode state cannot fit (MemoryPlanError).
-        mem = plan_checkpoint(path, max_context, max_batch, dtype.itemsize, available, device)
+        device = devices.resolve(device)
+        mem = plan_checkpoint(path, max_context, max_batch, dtype.itemsize, available, device, chunk_size)
         if mem is not None:
             if max_context is not None:
                 mem.args.check_context(max_context)
             mem.check()
-        on_cpu = torch.device(device).type == "cpu"
-        if on_cpu:
+        if device.type == "cpu":
             release_large_blocks()
         model = load_model(path, device=device, dtype=dtype, simulate_quant=simulate_quant)
-        kernel_line = kernels.install() if on_cpu else kernels.REFERENCE
+        kernel_line = kernels.install(device)
         tokenizer = model_tokenizer(Path(path), model.args.vocab_size)
         # Snapshots depend on the weights, the rounding, the dtype and whether MTP state is kept.
         key = model_key(Path(path), simulate_quant, dtype) + (":mtp" if speculative else "")
@@ -244,7 +245,9 @@ class Engine:
             offs.append(len(rows))
             rows.extend(range(off + len(run) - 1 - k, off + len(run)))
             off += len(run)
-        logits = self.model.head_logits(h[torch.tensor(rows, device=self.device)])
+        # Tokens are decided on the CPU (the samplers' generators and the grammar masks live there): one copy
+        # of a few rows of logits a step.
+        logits = self.model.head_logits(h[torch.tensor(rows, device=self.device)]).cpu()
         mtp_items, mtp_owners, to_store, off = [], [], [], 0
         for i, ((req, _), (start, run)) in enumerate(zip(plan, runs, strict=True)):
             live = self._live[req.id][1]

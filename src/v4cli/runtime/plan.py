@@ -19,6 +19,7 @@ its notes). Its B-per-token figures match those bytes exactly; its GiB figures a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +138,20 @@ def state_bytes(args: ModelArgs, context: int, fmt: str = "ours", dtype_bytes: i
     return main * main_b + index * index_b + (partial_bytes(args, fmt) if partial else 0)
 
 
+def workspace_bytes(args: ModelArgs, context: int, batch: int, chunk: int) -> int:
+    """Transient GPU memory of the largest step (a prefill chunk, or a decode step of the whole batch): the
+    biggest buffers alive at once, as FP32 (what the ops compute in), a quarter more for the caching allocator's
+    rounding and fragmentation, and 256 MiB for library workspaces (cuBLAS) and the kernels' images. On the
+    CPU these are small beside the host's memory and not counted."""
+    a, rows = args, max(chunk, batch)
+    streams = 3 * rows * a.hc_mult * a.hidden_size
+    attn = 3 * rows * a.num_attention_heads * a.head_dim + 2 * (1 << 24)  # q, o; the ops' 64 MiB query blocks
+    index = rows * a.index_n_heads * a.index_head_dim + rows * (context // 4)  # indexer q, its scores [rows, keys]
+    moe = rows * (a.num_experts_per_tok + 1) * (2 * a.moe_intermediate_size + a.hidden_size)
+    head = (batch + 1) * a.vocab_size
+    return int(4 * (streams + max(attn, index, moe) + head) * 1.25) + (256 << 20)
+
+
 # ---- the plan ------------------------------------------------------------------------------------------
 def available_memory(device: object = "cpu") -> int:
     """Free bytes where the weights will live: CUDA's free memory, else the host's available memory."""
@@ -169,6 +184,8 @@ class MemoryPlan:
     weights: int
     state_per_seq: int
     available: int
+    workspace: int = 0  # transient step buffers (GPU plans only, see workspace_bytes)
+    device: str = "cpu"
 
     @property
     def state(self) -> int:
@@ -176,7 +193,7 @@ class MemoryPlan:
 
     @property
     def total(self) -> int:
-        return self.weights + self.state
+        return self.weights + self.state + self.workspace
 
     @property
     def headroom(self) -> int:
@@ -187,7 +204,7 @@ class MemoryPlan:
 
     def max_context(self) -> int:
         """The largest context (a multiple of 1024, at most the planned one) that fits at this batch; 0 if none."""
-        room = self.available - self.weights
+        room = self.available - self.weights - self.workspace
         lo, hi = 0, self.context // 1024  # in units of 1024 tokens; state grows with context
         if room < self.batch * self._state_at(0):
             return 0
@@ -198,20 +215,23 @@ class MemoryPlan:
 
     def max_batch(self) -> int:
         """The largest batch that fits at this context (0 if none)."""
-        return max(0, (self.available - self.weights) // self.state_per_seq)
+        return max(0, (self.available - self.weights - self.workspace) // self.state_per_seq)
 
     def summary(self) -> dict[str, Any]:
         """The plan as data (`v4 show --json`), its text included."""
-        return {"context": self.context, "weights_bytes": self.weights, "state_bytes": self.state,
-                "total_bytes": self.total, "available_bytes": self.available, "fits": self.total <= self.available,
+        return {"context": self.context, "device": self.device, "weights_bytes": self.weights,
+                "state_bytes": self.state, "workspace_bytes": self.workspace, "total_bytes": self.total,
+                "available_bytes": self.available, "fits": self.total <= self.available,
                 "text": self.describe()}
 
     def describe(self) -> str:
+        where = "" if self.device == "cpu" else f" on {self.device}"
         return "\n".join([
-            f"memory plan: {self.batch} x {self.context:,} tokens, decode state as {self.fmt!r} "
+            f"memory plan{where}: {self.batch} x {self.context:,} tokens, decode state as {self.fmt!r} "
             f"({self.dtype_bytes}-byte model dtype)",
             f"  weights       {_gib(self.weights)}",
             f"  decode state  {_gib(self.state)} ({_gib(self.state_per_seq)} per sequence)",
+            *([f"  workspace     {_gib(self.workspace)}"] if self.workspace else []),
             f"  total         {_gib(self.total)} of {_gib(self.available)} available "
             f"(headroom {_gib(self.headroom)})",
         ])
@@ -220,10 +240,13 @@ class MemoryPlan:
         """Raise MemoryPlanError when the plan does not fit; returns self otherwise."""
         if self.total <= self.available:
             return self
-        need = (f"needs {_gib(self.total)} (weights {_gib(self.weights)} + decode state {_gib(self.state)} "
-                f"for {self.batch} x {self.context:,} tokens) but only {_gib(self.available)} is available")
-        if self.weights > self.available:
-            raise MemoryPlanError(f"the model does not fit: it {need}; even the weights alone do not fit")
+        ws = f" + workspace {_gib(self.workspace)}" if self.workspace else ""
+        where = "" if self.device == "cpu" else f" on {self.device}"
+        need = (f"needs {_gib(self.total)}{where} (weights {_gib(self.weights)} + decode state {_gib(self.state)} "
+                f"for {self.batch} x {self.context:,} tokens{ws}) but only {_gib(self.available)} is available")
+        cpu = "" if self.device == "cpu" else "; --device cpu runs it in host memory"
+        if self.weights + self.workspace > self.available:
+            raise MemoryPlanError(f"the model does not fit: it {need}; even the weights alone do not fit{cpu}")
         ctx, batch = self.max_context(), self.max_batch()
         fits = []
         if ctx:
@@ -231,22 +254,25 @@ class MemoryPlan:
         if batch:
             fits.append(f"batch {batch} at {self.context:,} tokens")
         if not fits:  # nothing at this batch or this context: offer one sequence at a shorter context
-            one = MemoryPlan(self.args, self.context, 1, self.fmt, self.dtype_bytes, self.weights,
-                             self.state_per_seq, self.available).max_context()
+            one = dataclasses.replace(self, batch=1).max_context()
             fits.append(f"a context of {one:,} tokens at batch 1" if one else "no context even at batch 1")
-        raise MemoryPlanError(f"the model does not fit: it {need}. What would fit: {' or '.join(fits)}")
+        raise MemoryPlanError(f"the model does not fit: it {need}. What would fit: {' or '.join(fits)}{cpu}")
 
 
 def plan(args: ModelArgs, context: int, batch: int, dtype_bytes: int = 2, fmt: str = "ours",
-         available: int | None = None, expert_fmt: str | None = None) -> MemoryPlan:
-    """The memory plan of `batch` sequences of `context` tokens; `available` defaults to the host's."""
+         available: int | None = None, expert_fmt: str | None = None, device: object = "cpu",
+         chunk: int = 512) -> MemoryPlan:
+    """The memory plan of `batch` sequences of `context` tokens on `device` (a CUDA device's plan counts the
+    step's workspace too); `available` defaults to what that device has free."""
+    on_gpu = str(device).startswith("cuda")
     return MemoryPlan(args, context, batch, fmt, dtype_bytes, weight_bytes(args, dtype_bytes, expert_fmt),
                       state_bytes(args, context, fmt, dtype_bytes),
-                      available_memory() if available is None else available)
+                      available_memory(device) if available is None else available,
+                      workspace_bytes(args, context, batch, chunk) if on_gpu else 0, str(device))
 
 
 def plan_checkpoint(path: str | Path, context: int | None, batch: int, dtype_bytes: int,
-                    available: int | None = None, device: object = "cpu") -> MemoryPlan | None:
+                    available: int | None = None, device: object = "cpu", chunk: int = 512) -> MemoryPlan | None:
     """The plan for a checkpoint folder as `load_model` will hold it; None when the folder cannot be read
     (then `load_model` reports why)."""
     from .checkpoint import CheckpointError
@@ -256,18 +282,16 @@ def plan_checkpoint(path: str | Path, context: int | None, batch: int, dtype_byt
         r = survey(path)
     except CheckpointError:
         return None
-    return plan_reading(r, context, batch, dtype_bytes, available, device)
+    return plan_reading(r, context, batch, dtype_bytes, available, device, chunk)
 
 
 def plan_reading(r: Reading, context: int | None, batch: int, dtype_bytes: int, available: int | None = None,
-                 device: object = "cpu") -> MemoryPlan:
+                 device: object = "cpu", chunk: int = 512) -> MemoryPlan:
     """`plan_checkpoint` for a folder whose headers are already read (`weights.survey`, `read_checkpoint`)."""
-    import dataclasses
-
     from .weights import STORED_PRECISION
 
-    avail = available_memory(device) if available is None else available
-    mp = plan(r.args, context or r.args.max_position_embeddings, batch, dtype_bytes, "ours", avail, r.expert_fmt)
+    mp = plan(r.args, context or r.args.max_position_embeddings, batch, dtype_bytes, "ours", available, r.expert_fmt,
+              device, chunk)
     # the embedding and head stay as stored, which `weight_bytes` counts as BF16: an FP32 export holds twice that
     wide = sum(r.ckpt.nbytes(n) // 2 for n, off in r.match.names.items()
                if off in STORED_PRECISION and n in r.ckpt.where and r.ckpt.dtype_name(n) == "F32")

@@ -68,12 +68,12 @@ class PrefixCache:
             h = hashes[L]
             if h in self.ram:
                 self.ram.move_to_end(h)
-                return L, self.ram[h][1].snapshot()
+                return L, self._to_device(self.ram[h][1])
             if h in self.on_disk and self.disk is not None:
                 state = self._read(self.disk / f"{h}.safetensors")
                 if state is not None and state.pos == L:
-                    self._remember(h, L, state.snapshot())
-                    return L, state
+                    self._remember(h, L, state)
+                    return L, self._to_device(state)
         return 0, None
 
     def store(self, tokens: Sequence[int], state: SeqState, salt: str = "") -> None:
@@ -85,13 +85,26 @@ class PrefixCache:
         h = self._hashes(tokens, [len(tokens)], salt)[len(tokens)]
         if h in self.ram:
             return
-        snap = state.snapshot()
+        snap = self._in_ram(state)
         self._remember(h, len(tokens), snap)
         if self.disk is not None and h not in self.on_disk:
             try:
                 self._write(h, len(tokens), snap)
             except (OSError, SafetensorError) as e:  # optional: an unwritable folder, a full disk: RAM only now
                 self.disk, self.disk_error = None, str(getattr(e, "strerror", None) or e)
+
+    def _in_ram(self, state: SeqState) -> SeqState:
+        """A private copy in host memory: on a GPU, snapshots would take the device memory the plan gave to
+        weights and running sequences."""
+        if torch.device(self.device).type == "cpu":
+            return state.snapshot()
+        return SeqState.from_tensors(self.args, {k: v.to("cpu") for k, v in state.tensors().items()}, self.dtype)
+
+    def _to_device(self, state: SeqState) -> SeqState:
+        """A private copy of a stored snapshot where the model runs."""
+        if torch.device(self.device).type == "cpu":
+            return state.snapshot()
+        return SeqState.from_tensors(self.args, state.tensors(), self.dtype, self.device)
 
     def _remember(self, h: str, length: int, state: SeqState) -> None:
         self.ram[h] = (length, state)
@@ -112,7 +125,7 @@ class PrefixCache:
             with safe_open(str(path), "pt") as fh:
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no iterator
             os.utime(path)  # most recently used
-            return SeqState.from_tensors(self.args, tensors, self.dtype, self.device)
+            return SeqState.from_tensors(self.args, tensors, self.dtype)  # in host memory, as the RAM entries
         except Exception:  # unreadable or from another layout: drop it and recompute
             path.unlink(missing_ok=True)
             self.on_disk.pop(path.stem, None)
