@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -50,24 +52,54 @@ class Attention(nn.Module):
                                        args.index_topk, ratio, self.rope, self.eps, args.fp8_weights, simulate_quant,
                                        dtype)
 
-    def forward(self, x: torch.Tensor, start: int, st: LayerState) -> torch.Tensor:
-        """x [S, D] (normalised) at positions start..start+S-1 of one sequence; updates `st`."""
-        S, W = x.shape[0], self.window
-        cs = self.rope.angles(torch.arange(start, start + S, device=x.device))
+    def forward(self, x: torch.Tensor, segments: Sequence[tuple[int, LayerState, int]]) -> torch.Tensor:
+        """x [T, D] (normalised): the rows of several sequences, each (start, state, length) continuing its
+        sequence at `start`; updates every state. The projections and the attention run once for all rows;
+        only the per-sequence state updates (ring, compressor, indexer) loop over the sequences."""
+        T, dev = x.shape[0], x.device
+        pos = torch.cat([torch.arange(start, start + n, device=dev) for start, _, n in segments])
+        cs = self.rope.angles(pos)
         qr = self.q_norm(self.wq_a(x))
-        q = rms_unweighted(self.wq_b(qr).view(S, self.n_heads, self.head_dim), self.eps)
+        q = rms_unweighted(self.wq_b(qr).view(T, self.n_heads, self.head_dim), self.eps)
         q = self.rope.apply(q, cs)
         kv = self.rope.apply(self.kv_norm(self.wkv(x)), cs)
         if self.simulate_quant:
             nope = self.head_dim - self.rope.dim
             kv = ops.fp8_round(kv, 64, nope)
 
+        scale, hca = self.head_dim**-0.5, self.ratio and self.indexer is None
+        keys, idxs, outs, off, row = [], [], [], 0, 0
+        for start, st, n in segments:
+            rows = slice(row, row + n)
+            k, idx, dense, limit = self._candidates(x[rows], qr[rows], kv[rows], (cs[0][rows], cs[1][rows]),
+                                                    start, st)
+            row += n
+            if hca:  # each sequence's compressed entries are read in place: a call per sequence
+                outs.append(ops.sparse_attention(q[rows], k, self.attn_sink, idx, scale, dense, limit))
+                continue
+            keys.append(k)
+            idxs.append(torch.where(idx >= 0, idx + off, -1))  # rows of this sequence's keys in the joint list
+            off += k.shape[0]
+        if hca:
+            o = outs[0] if len(outs) == 1 else torch.cat(outs)
+        else:  # window and CSA layers: one call for every sequence, over the joint candidate list
+            width = max(i.shape[1] for i in idxs)
+            idx = torch.cat([torch.nn.functional.pad(i, (0, width - i.shape[1]), value=-1) for i in idxs])
+            o = ops.sparse_attention(q, keys[0] if len(keys) == 1 else torch.cat(keys), self.attn_sink, idx, scale)
+        o = self.rope.apply(o, cs, inverse=True)
+        return self._project_out(o)
+
+    def _candidates(self, x: torch.Tensor, qr: torch.Tensor, kv: torch.Tensor, cs: tuple[torch.Tensor, torch.Tensor],
+                    start: int, st: LayerState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                                         torch.Tensor | None]:
+        """One sequence's S rows: (keys, idx [S, K] into them, HCA dense entries, their limits); advances `st`."""
+        S, W, dev = x.shape[0], self.window, x.device
         # Window candidates: the up-to W-1 earlier tokens still in the ring, then this chunk.
         n_prev = min(start, W - 1)
-        prev_slots = torch.arange(start - n_prev, start, device=x.device) % W
+        prev_slots = torch.arange(start - n_prev, start, device=dev) % W
         keys = torch.cat([st.ring[prev_slots].to(kv.dtype), kv])
-        qi = torch.arange(S, device=x.device).unsqueeze(1)
-        win_idx = qi + n_prev - W + 1 + torch.arange(W, device=x.device).unsqueeze(0)
+        qi = torch.arange(S, device=dev).unsqueeze(1)
+        win_idx = qi + n_prev - W + 1 + torch.arange(W, device=dev).unsqueeze(0)
         idx = win_idx.masked_fill(win_idx < 0, -1)
         self._write_ring(st, kv, start)
 
@@ -83,11 +115,8 @@ class Attention(nn.Module):
                 keys = torch.cat([keys, entries[used].to(keys.dtype)])
             else:  # HCA: every closed entry, read in place
                 dense = entries.to(keys.dtype)
-                limit = (torch.arange(start, start + S, device=x.device) + 1) // self.ratio
-
-        o = ops.sparse_attention(q, keys, self.attn_sink, idx, self.head_dim**-0.5, dense, limit)
-        o = self.rope.apply(o, cs, inverse=True)
-        return self._project_out(o)
+                limit = (torch.arange(start, start + S, device=dev) + 1) // self.ratio
+        return keys, idx, dense, limit
 
     def _write_ring(self, st: LayerState, kv: torch.Tensor, start: int) -> None:
         keep = min(kv.shape[0], self.window)

@@ -48,12 +48,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor, segments: Sequence[Segment]) -> torch.Tensor:
         u, post, comb = self.hc_attn.pre(x)
-        a = self.attn_norm(u)
-        outs, off = [], 0
-        for start, st, n in segments:
-            outs.append(self.attn(a[off : off + n], start, st))
-            off += n
-        x = HyperConnection.post(torch.cat(outs), x, post, comb)
+        x = HyperConnection.post(self.attn(self.attn_norm(u), segments), x, post, comb)
         u, post, comb = self.hc_ffn.pre(x)
         return HyperConnection.post(self.ffn(self.ffn_norm(u), tokens), x, post, comb)
 
