@@ -55,4 +55,14 @@ at::Tensor hadamard_cpu(const at::Tensor& x);
 at::Tensor fp8_round_cpu(const at::Tensor& x, int64_t block, int64_t width);
 at::Tensor fp4_round_cpu(const at::Tensor& x, int64_t block);
 
+// RMSNorm over the last dim with a float32 weight, in float32, x's dtype out (ops_ref.rms_norm).
+at::Tensor rms_norm_cpu(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+// mHC's pre (streams x [T, n, D] -> sublayer input u [T, D], post [T, n], comb [T, n, n]) and post (the sublayer's
+// output o [T, D] mixed back into the streams), as ops_ref.hc_pre / hc_post.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> hc_pre_cpu(const at::Tensor& x, const at::Tensor& fn,
+                                                          const at::Tensor& scale, const at::Tensor& base, int64_t n,
+                                                          int64_t iters, double eps, double norm_eps);
+at::Tensor hc_post_cpu(const at::Tensor& o, const at::Tensor& x, const at::Tensor& post, const at::Tensor& comb);
+
 }  // namespace v4cli

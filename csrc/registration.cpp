@@ -17,6 +17,10 @@ TORCH_LIBRARY(v4cli, m) {
   m.def("fp8_round(Tensor x, int block, int width) -> Tensor");
   m.def("fp4_round(Tensor x, int block) -> Tensor");
   m.def("hc_sinkhorn(Tensor mixes, Tensor scale, Tensor base, int n, int iters, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("hc_pre(Tensor x, Tensor fn, Tensor scale, Tensor base, int n, int iters, float eps, float norm_eps) -> "
+        "(Tensor, Tensor, Tensor)");
+  m.def("hc_post(Tensor o, Tensor x, Tensor post, Tensor comb) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(v4cli, CPU, m) {
@@ -31,4 +35,7 @@ TORCH_LIBRARY_IMPL(v4cli, CPU, m) {
   m.impl("hadamard", &v4cli::hadamard_cpu);
   m.impl("fp8_round", &v4cli::fp8_round_cpu);
   m.impl("fp4_round", &v4cli::fp4_round_cpu);
+  m.impl("rms_norm", &v4cli::rms_norm_cpu);
+  m.impl("hc_pre", &v4cli::hc_pre_cpu);
+  m.impl("hc_post", &v4cli::hc_post_cpu);
 }

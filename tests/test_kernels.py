@@ -258,6 +258,41 @@ def test_hc_sinkhorn_matches_twin(built, tokens):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 256), (9, 4096), (3, 5, 64)])
+def test_rms_norm_equals_its_twin_bit_for_bit(built, dtype, shape):
+    g = torch.Generator().manual_seed(shape[0])
+    x = (torch.randn(*shape, generator=g) * 4).to(dtype)
+    w = torch.rand(shape[-1], generator=g) + 0.5
+    got = kernels.rms_norm(x, w, 1e-6)
+    assert got.dtype == dtype and torch.equal(got, ops_ref.rms_norm(x, w, 1e-6))
+    with pytest.raises(RuntimeError, match="weight must be"):
+        torch.ops.v4cli.rms_norm(x, w[:-1], 1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tokens", [1, 7, 130])
+def test_hc_pre_and_post_match_their_twins(built, dtype, tokens):
+    """pre runs our dense_linear and Sinkhorn inside (summation order only); post is the twin's ATen ops."""
+    g = torch.Generator().manual_seed(tokens)
+    n, d, eps = 4, 256, 1e-6
+    mix = (2 + n) * n
+    x = torch.randn(tokens, n, d, generator=g).to(dtype)
+    fn, base = torch.randn(mix, n * d, generator=g) * 0.05, torch.randn(mix, generator=g)
+    scale = torch.rand(3, generator=g) + 0.5
+    got, want = kernels.hc_pre(x, fn, scale, base, n, 20, eps, 1e-6), ops_ref.hc_pre(x, fn, scale, base, n, 20, eps,
+                                                                                     1e-6)
+    for a, b in zip(got, want, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        _close(a, b, 1e-5 if dtype == torch.float32 else 1e-2)
+    o = torch.randn(tokens, d, generator=g).to(dtype)
+    post, comb = want[1], want[2]
+    y = kernels.hc_post(o, x, post, comb)
+    assert y.shape == x.shape and y.dtype == dtype and torch.equal(y, ops_ref.hc_post(o, x, post, comb))
+    # the streams really mix: a stream's output depends on the others
+    assert not torch.allclose(y[:, 0].float(), (post[:, 0, None] * o.float() + comb[:, 0, 0, None] * x[:, 0].float()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(1, 512), (5, 8, 512), (3, 2, 4, 64), (7, 64)])
 @pytest.mark.parametrize("inverse", [False, True])
 def test_rope_is_the_twin_bit_for_bit(built, dtype, shape, inverse):

@@ -22,7 +22,7 @@ from .kernel_build import CSRC, REFERENCE, key_of  # noqa: F401 - part of this m
 CPU = kernel_build.Build(
     name="v4cli_cpu", what="the C++ kernels",
     sources=("registration.cpp", "cpu/linear.cpp", "cpu/dense.cpp", "cpu/hc.cpp", "cpu/moe.cpp", "cpu/attention.cpp",
-             "cpu/rotate.cpp", "cpu/rounding.cpp"),
+             "cpu/rotate.cpp", "cpu/rounding.cpp", "cpu/norm.cpp"),
     headers=("ops.h", "cpu/simd.h", "cpu/parallel.h"),
     cflags=("-O3", "-mcpu=native" if platform.machine().lower() in ("arm64", "aarch64") else "-march=native"))
 SOURCES, HEADERS, CFLAGS = CPU.sources, CPU.headers, CPU.cflags
@@ -31,6 +31,7 @@ SOURCES, HEADERS, CFLAGS = CPU.sources, CPU.headers, CPU.cflags
 # result for a row does not depend on the other rows; past it, one GEMM over all rows (faster, not row-invariant).
 ROW_KERNEL_MAX = 32
 _built = False
+_ATTN_DTYPES = (torch.float32, torch.bfloat16)  # what the kernels take as they are
 
 
 def enabled() -> bool:
@@ -81,31 +82,45 @@ def install(device: str | torch.device = "cpu") -> str:
         line += "; " + cuda_kernels.install()
     return line
 
+# The wrappers skip what would be a no-op (a reshape of a 2-D input, a cast to the same dtype): at decode each
+# Python-level call costs microseconds, and a layer makes dozens of these calls a step.
+def _rows(x: torch.Tensor, k: int) -> torch.Tensor:
+    """x as contiguous [M, k] float32 or bfloat16 rows (the kernels widen bfloat16 exactly)."""
+    xin = x if x.dim() == 2 else x.reshape(-1, k)
+    if xin.dtype not in _ATTN_DTYPES:
+        xin = xin.float()
+    return xin if xin.is_contiguous() else xin.contiguous()
+
+
+def _shaped(y: torch.Tensor, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    y = y if x.dim() == 2 else y.view(*x.shape[:-1], y.shape[-1])
+    return y if y.dtype == dtype else y.to(dtype)
+
+
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, act_quant: bool) -> torch.Tensor:
-    k = weight.shape[1]
-    if x.device.type != "cpu":
+    if weight.device.type != "cpu":
         return ops_ref.fp8_linear(x, weight, scale, act_quant)
-    xin = x.reshape(-1, k)  # float32 and bfloat16 go in as they are (the kernel widens exactly, returns that dtype)
-    xin = xin if xin.dtype in (torch.float32, torch.bfloat16) else xin.float()
-    y = torch.ops.v4cli.fp8_linear(xin.contiguous(), weight, scale.view(torch.uint8), act_quant)
-    return y.view(*x.shape[:-1], weight.shape[0]).to(x.dtype)
+    # the kernel reads any one-byte scale (float8_e8m0fnu or uint8) as UE8M0 bytes
+    return _shaped(torch.ops.v4cli.fp8_linear(_rows(x, weight.shape[1]), weight, scale, act_quant), x, x.dtype)
+
 
 def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, act_quant: bool) -> torch.Tensor:
-    k = packed.shape[1] * 2
-    if x.device.type != "cpu":
+    if packed.device.type != "cpu":
         return ops_ref.fp4_linear(x, packed, scale, act_quant)
-    xin = x.reshape(-1, k)
-    xin = xin if xin.dtype in (torch.float32, torch.bfloat16) else xin.float()
-    y = torch.ops.v4cli.fp4_linear(xin.contiguous(), packed, scale.view(torch.uint8), act_quant)
-    return y.view(*x.shape[:-1], packed.shape[0]).to(x.dtype)
+    return _shaped(torch.ops.v4cli.fp4_linear(_rows(x, packed.shape[1] * 2), packed, scale, act_quant), x, x.dtype)
+
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    if x.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
+    if weight.device.type != "cpu" or weight.dtype not in _ATTN_DTYPES or x.dtype not in _ATTN_DTYPES:
         return ops_ref.dense_linear(x, weight)
-    k = weight.shape[1]
-    dtype = torch.promote_types(x.dtype, weight.dtype)  # float32 x with a bfloat16 weight: read as it is
-    y = torch.ops.v4cli.dense_linear(x.reshape(-1, k).to(dtype).contiguous(), weight.contiguous())
-    return y.view(*x.shape[:-1], weight.shape[0])
+    # float32 x with a bfloat16 weight: the weight is read as it is (the promoted product, exactly)
+    dtype = torch.float32 if torch.float32 in (x.dtype, weight.dtype) else torch.bfloat16
+    xin = x if x.dim() == 2 else x.reshape(-1, weight.shape[1])
+    xin = xin if xin.dtype == dtype else xin.to(dtype)
+    xin = xin if xin.is_contiguous() else xin.contiguous()
+    w = weight if weight.is_contiguous() else weight.contiguous()
+    return _shaped(torch.ops.v4cli.dense_linear(xin, w), x, dtype)
+
 
 def moe_experts(x: torch.Tensor, weights: torch.Tensor, picks: torch.Tensor, w1: list[torch.Tensor],
                 s1: list[torch.Tensor], w3: list[torch.Tensor], s3: list[torch.Tensor], w2: list[torch.Tensor],
@@ -160,3 +175,22 @@ def fp4_round(x: torch.Tensor, block: int = quant.FP4_BLOCK) -> torch.Tensor:
     if x.device.type != "cpu" or x.dtype not in _ATTN_DTYPES:
         return ops_ref.fp4_round(x, block)
     return torch.ops.v4cli.fp4_round(x.contiguous(), block)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    if weight.device.type != "cpu" or weight.dtype != torch.float32:
+        return ops_ref.rms_norm(x, weight, eps)
+    return torch.ops.v4cli.rms_norm(x, weight, eps)
+
+
+def hc_pre(x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor, n: int, iters: int, eps: float,
+           norm_eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if fn.device.type != "cpu" or x.dtype not in _ATTN_DTYPES:
+        return ops_ref.hc_pre(x, fn, scale, base, n, iters, eps, norm_eps)
+    return torch.ops.v4cli.hc_pre(x, fn, scale, base, n, iters, eps, norm_eps)
+
+
+def hc_post(o: torch.Tensor, x: torch.Tensor, post: torch.Tensor, comb: torch.Tensor) -> torch.Tensor:
+    if x.device.type != "cpu":
+        return ops_ref.hc_post(o, x, post, comb)
+    return torch.ops.v4cli.hc_post(o, x, post, comb)

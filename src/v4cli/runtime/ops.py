@@ -14,7 +14,7 @@ from typing import Any
 from . import ops_ref
 
 OP_NAMES = ("fp8_linear", "fp4_linear", "dense_linear", "moe_experts", "sparse_attention", "indexer_scores",
-            "hc_sinkhorn", "rope", "hadamard", "fp8_round", "fp4_round")
+            "hc_sinkhorn", "rope", "hadamard", "fp8_round", "fp4_round", "rms_norm", "hc_pre", "hc_post")
 DEVICES = ("cpu", "cuda")
 
 # op -> device type -> kernel; a device type missing from an op's table runs the twin
@@ -75,6 +75,18 @@ def indexer_scores(q, weights, keys):  # noqa: ANN001, ANN201
 
 def hc_sinkhorn(mixes, scale, base, n, iters, eps):  # noqa: ANN001, ANN201
     return _pick("hc_sinkhorn", mixes)(mixes, scale, base, n, iters, eps)
+
+
+def rms_norm(x, weight, eps):  # noqa: ANN001, ANN201
+    return _pick("rms_norm", x)(x, weight, eps)
+
+
+def hc_pre(x, fn, scale, base, n, iters, eps, norm_eps):  # noqa: ANN001, ANN201
+    return _pick("hc_pre", x)(x, fn, scale, base, n, iters, eps, norm_eps)
+
+
+def hc_post(o, x, post, comb):  # noqa: ANN001, ANN201
+    return _pick("hc_post", o)(o, x, post, comb)
 
 
 def rope(x, cos, sin, inverse=False):  # noqa: ANN001, ANN201

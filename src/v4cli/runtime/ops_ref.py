@@ -148,6 +148,33 @@ def hc_sinkhorn(
     return pre, post, comb
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight * x / sqrt(mean(x^2) + eps) over the last dim, in float32 (weight float32), back to x's dtype."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
+    return (weight * xf).to(x.dtype)
+
+
+def hc_pre(x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor, n: int, iters: int,
+           eps: float, norm_eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """mHC's collapse of the n streams x [T, n, D] into one sublayer input: the mixing logits from the
+    RMS-normalised flattened streams (fn [(2+n)n, nD] float32), their weights (`hc_sinkhorn`), and
+    u = sum_j pre_j x_j. Returns (u [T, D] in x's dtype, post [T, n], comb [T, n, n])."""
+    flat = x.flatten(1).float()
+    rsqrt = torch.rsqrt(flat.square().mean(-1, keepdim=True) + norm_eps)
+    mixes = dense_linear(flat, fn) * rsqrt
+    pre, post, comb = hc_sinkhorn(mixes, scale, base, n, iters, eps)
+    u = (pre.unsqueeze(-1) * x.float()).sum(dim=1)
+    return u.to(x.dtype), post, comb
+
+
+def hc_post(o: torch.Tensor, x: torch.Tensor, post: torch.Tensor, comb: torch.Tensor) -> torch.Tensor:
+    """mHC's expansion back to n streams: X'[k] = post_k * o + sum_j comb[j, k] X[j], in float32, in x's dtype.
+    o [T, D] the sublayer's output, x [T, n, D] the streams before it."""
+    mixed = torch.einsum("tjk,tjd->tkd", comb, x.float())
+    return (post.unsqueeze(-1) * o.float().unsqueeze(1) + mixed).to(x.dtype)
+
+
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
     """Interleaved RoPE: the last 2 * cos.shape[-1] dims of x [T, ..., D] rotated by row t's angles (cos/sin
     float32 [T, dim/2]; `inverse` rotates back), in float32, back to x's dtype; the other dims as they are."""

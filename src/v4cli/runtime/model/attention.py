@@ -44,6 +44,7 @@ class Attention(nn.Module):
         self.wo_a = lin(H * self.head_dim // self.groups, self.groups * self.o_rank)
         self.wo_b = lin(self.groups * self.o_rank, D)
         self.register_buffer("attn_sink", torch.zeros(H, dtype=torch.float32))
+        self._wo_a_dense: tuple[int, torch.Tensor] | None = None
         self.compressor = self.indexer = None
         if ratio:
             self.compressor = Compressor(D, self.head_dim, ratio, self.rope, self.eps, simulate_quant)
@@ -71,8 +72,11 @@ class Attention(nn.Module):
         keys, idxs, outs, off, row = [], [], [], 0, 0
         for start, st, n in segments:
             rows = slice(row, row + n)
-            k, idx, dense, limit = self._candidates(x[rows], qr[rows], kv[rows], (cs[0][rows], cs[1][rows]),
-                                                    start, st)
+            if n == T:  # one sequence (the common decode step): no slicing
+                k, idx, dense, limit = self._candidates(x, qr, kv, cs, start, st)
+            else:
+                k, idx, dense, limit = self._candidates(x[rows], qr[rows], kv[rows], (cs[0][rows], cs[1][rows]),
+                                                        start, st)
             row += n
             if hca:  # each sequence's compressed entries are read in place: a call per sequence
                 outs.append(ops.sparse_attention(q[rows], k, self.attn_sink, idx, scale, dense, limit))
@@ -135,7 +139,9 @@ class Attention(nn.Module):
             t = r // quant.WEIGHT_BLOCK
             z = torch.stack([ops.fp8_linear(grouped[:, g], wo_a.weight[g * r:(g + 1) * r],
                                             wo_a.scale[g * t:(g + 1) * t], False) for g in range(self.groups)], 1)
-        else:
-            w = wo_a.dense().view(self.groups, r, -1)
-            z = torch.einsum("sgd,grd->sgr", grouped.float(), w.float()).to(o.dtype)
+        else:  # ragged tiles (small test models only): dequantized once per load, not at every step
+            key = wo_a.weight.data_ptr()
+            if self._wo_a_dense is None or self._wo_a_dense[0] != key:
+                self._wo_a_dense = (key, wo_a.dense().float().view(self.groups, r, -1))
+            z = torch.einsum("sgd,grd->sgr", grouped.float(), self._wo_a_dense[1]).to(o.dtype)
         return self.wo_b(z.flatten(1))

@@ -21,18 +21,12 @@ class HyperConnection(nn.Module):
 
     def pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [T, n, D] -> (u [T, D], post [T, n], comb [T, n, n])."""
-        flat = x.flatten(1).float()
-        rsqrt = torch.rsqrt(flat.square().mean(-1, keepdim=True) + self.norm_eps)
-        mixes = ops.dense_linear(flat, self.fn) * rsqrt
-        pre, post, comb = ops.hc_sinkhorn(mixes, self.scale, self.base, self.n, self.iters, self.eps)
-        u = (pre.unsqueeze(-1) * x.float()).sum(dim=1)
-        return u.to(x.dtype), post, comb
+        return ops.hc_pre(x, self.fn, self.scale, self.base, self.n, self.iters, self.eps, self.norm_eps)
 
     @staticmethod
     def post(o: torch.Tensor, x: torch.Tensor, post: torch.Tensor, comb: torch.Tensor) -> torch.Tensor:
         """X'[k] = post_k * o + sum_j comb[j, k] X[j]  (comb^T X), in FP32."""
-        mixed = torch.einsum("tjk,tjd->tkd", comb, x.float())
-        return (post.unsqueeze(-1) * o.float().unsqueeze(1) + mixed).to(x.dtype)
+        return ops.hc_post(o, x, post, comb)
 
 
 class HyperHead(nn.Module):

@@ -38,7 +38,8 @@ class Linear(nn.Module):
             return ops.fp8_linear(x, self.weight, self.scale, self.act_quant)
         if self.fmt == "fp4":
             return ops.fp4_linear(x, self.weight, self.scale, self.act_quant)
-        return ops.dense_linear(x, self.weight).to(x.dtype)
+        y = ops.dense_linear(x, self.weight)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def dense(self) -> torch.Tensor:
         """The weight as a float tensor (dequantized when stored as FP8/FP4)."""
@@ -61,9 +62,7 @@ class RMSNorm(nn.Module):
         self.register_buffer("weight", torch.ones(dim, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)
-        return (self.weight * xf).to(x.dtype)
+        return ops.rms_norm(x, self.weight, self.eps)
 
 
 def rms_unweighted(x: torch.Tensor, eps: float) -> torch.Tensor:

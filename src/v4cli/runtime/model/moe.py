@@ -25,7 +25,7 @@ class Gate(nn.Module):
             self.register_buffer("bias", torch.zeros(args.n_routed_experts, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = ops.dense_linear(x.float(), self.weight.float())
+        logits = ops.dense_linear(x, self.weight)  # the weight is float32: the product is too (promoted)
         if self.score_func == "softmax":
             scores = logits.softmax(dim=-1)
         elif self.score_func == "sigmoid":

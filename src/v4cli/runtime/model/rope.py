@@ -35,9 +35,13 @@ class Rope:
     def __init__(self, dim: int, base: float, yarn: dict[str, float] | None) -> None:
         self.dim = dim
         self.freqs = rope_frequencies(dim, base, yarn)
+        self._on: dict[torch.device, torch.Tensor] = {}  # the frequencies where the positions are (one copy each)
 
     def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ang = positions.to(torch.float32).unsqueeze(-1) * self.freqs.to(positions.device)
+        freqs = self._on.get(positions.device)
+        if freqs is None:
+            freqs = self._on[positions.device] = self.freqs.to(positions.device)
+        ang = positions.to(torch.float32).unsqueeze(-1) * freqs
         return ang.cos(), ang.sin()
 
     def apply(self, x: torch.Tensor, cs: tuple[torch.Tensor, torch.Tensor], inverse: bool = False) -> torch.Tensor:
