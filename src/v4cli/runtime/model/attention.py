@@ -45,6 +45,7 @@ class Attention(nn.Module):
         self.wo_b = lin(self.groups * self.o_rank, D)
         self.register_buffer("attn_sink", torch.zeros(H, dtype=torch.float32))
         self._wo_a_dense: tuple[int, torch.Tensor] | None = None
+        self._win_cache: dict[tuple[int, int, torch.device], torch.Tensor] = {}
         self.compressor = self.indexer = None
         if ratio:
             self.compressor = Compressor(D, self.head_dim, ratio, self.rope, self.eps, simulate_quant)
@@ -102,9 +103,7 @@ class Attention(nn.Module):
         n_prev = min(start, W - 1)
         prev_slots = torch.arange(start - n_prev, start, device=dev) % W
         keys = torch.cat([st.ring[prev_slots].to(kv.dtype), kv])
-        qi = torch.arange(S, device=dev).unsqueeze(1)
-        win_idx = qi + n_prev - W + 1 + torch.arange(W, device=dev).unsqueeze(0)
-        idx = win_idx.masked_fill(win_idx < 0, -1)
+        idx = self._window_idx(S, n_prev, dev)
         self._write_ring(st, kv, start)
 
         dense = limit = None
@@ -121,6 +120,19 @@ class Attention(nn.Module):
                 dense = entries.to(keys.dtype)
                 limit = (torch.arange(start, start + S, device=dev) + 1) // self.ratio
         return keys, idx, dense, limit
+
+    def _window_idx(self, S: int, n_prev: int, dev: torch.device) -> torch.Tensor:
+        """Row s sees keys s + n_prev - W + 1 .. s + n_prev of [ring tokens, chunk] (-1 before the first). Once
+        the ring is full the same few shapes recur at every decode step, so those are made once."""
+        key = (S, n_prev, dev)
+        idx = self._win_cache.get(key)
+        if idx is None:
+            W = self.window
+            win = torch.arange(S, device=dev).unsqueeze(1) + n_prev - W + 1 + torch.arange(W, device=dev)
+            idx = win.masked_fill(win < 0, -1)
+            if S <= 64 and n_prev == W - 1:  # decode and verify steps once the ring is full: a few shapes
+                self._win_cache[key] = idx
+        return idx
 
     def _write_ring(self, st: LayerState, kv: torch.Tensor, start: int) -> None:
         keep = min(kv.shape[0], self.window)
