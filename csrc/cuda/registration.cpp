@@ -40,4 +40,49 @@ bool is_bf16(const at::Tensor& t, const char* name) {
 
 // ---- pointwise: hc_sinkhorn, rope, hadamard, fp8_round, fp4_round --------------------------------------------
 
+// ---- norm: rms_norm, hc_post (hc_pre joins them once dense_linear and hc_sinkhorn have kernels) -------------
+
+namespace {
+
+at::Tensor rms_norm_cuda(const at::Tensor& x_in, const at::Tensor& weight, double eps) {
+  c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous();
+  check_cuda(x, "rms_norm: x");
+  check_cuda(weight, "rms_norm: weight");
+  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.dim() == 1 && x.dim() >= 1 && weight.size(0) == x.size(-1),
+              "rms_norm: weight must be float32 [D] for x [..., D]");
+  const bool bf16 = is_bf16(x, "rms_norm: x");
+  at::Tensor y = at::empty_like(x);
+  const int64_t d = x.size(-1), rows = d ? x.numel() / d : 0;
+  check_launch(cuda::rms_norm(x.data_ptr(), weight.data_ptr<float>(), y.data_ptr(), rows, d,
+                              static_cast<float>(eps), bf16, current_stream()),
+               "rms_norm");
+  return y;
+}
+
+at::Tensor hc_post_cuda(const at::Tensor& o_in, const at::Tensor& x_in, const at::Tensor& post_in,
+                        const at::Tensor& comb_in) {
+  c10::cuda::CUDAGuard guard(x_in.device());
+  TORCH_CHECK(x_in.dim() == 3 && o_in.dim() == 2 && o_in.size(0) == x_in.size(0) && o_in.size(1) == x_in.size(2),
+              "hc_post: o must be [T, D] for streams x [T, n, D]");
+  const int64_t T = x_in.size(0), n = x_in.size(1), d = x_in.size(2);
+  const at::Tensor x = x_in.contiguous(), o = o_in.to(x.scalar_type()).contiguous();
+  const at::Tensor post = post_in.to(at::kFloat).contiguous(), comb = comb_in.to(at::kFloat).contiguous();
+  TORCH_CHECK(post.numel() == T * n && comb.numel() == T * n * n, "hc_post: post must be [T, n], comb [T, n, n]");
+  for (const auto* t : {&x, &o, &post, &comb}) check_cuda(*t, "hc_post: every input");
+  const bool bf16 = is_bf16(x, "hc_post: x");
+  at::Tensor y = at::empty_like(x);
+  check_launch(cuda::hc_post(o.data_ptr(), x.data_ptr(), post.data_ptr<float>(), comb.data_ptr<float>(),
+                             y.data_ptr(), T, static_cast<int>(n), d, bf16, current_stream()),
+               "hc_post");
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(v4cli, CUDA, m) {
+  m.impl("rms_norm", &rms_norm_cuda);
+  m.impl("hc_post", &hc_post_cuda);
+}
+
 }  // namespace v4cli

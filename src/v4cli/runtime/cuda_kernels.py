@@ -13,9 +13,9 @@ import functools
 
 import torch
 
-from . import kernel_build, ops
+from . import kernel_build, ops, ops_ref
 
-SOURCES = ("cuda/registration.cpp",)
+SOURCES = ("cuda/registration.cpp", "cuda/norm.cu")
 HEADERS = ("cuda/launch.h", "cuda/quant.cuh")
 _built = False
 
@@ -88,3 +88,17 @@ _FLOATS = (torch.float32, torch.bfloat16)
 # ---- attention: sparse_attention, indexer_scores --------------------------------------------------------------
 
 # ---- pointwise: hc_sinkhorn, rope, hadamard, fp8_round, fp4_round --------------------------------------------
+
+# ---- norm: rms_norm, hc_post -----------------------------------------------------------------------------------
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    if weight.device != x.device or weight.dtype != torch.float32 or x.dtype not in _FLOATS:
+        return ops_ref.rms_norm(x, weight, eps)
+    return torch.ops.v4cli.rms_norm(x, weight, eps)
+
+
+def hc_post(o: torch.Tensor, x: torch.Tensor, post: torch.Tensor, comb: torch.Tensor) -> torch.Tensor:
+    if not _same_device(o, x, post, comb) or x.dtype not in _FLOATS:
+        return ops_ref.hc_post(o, x, post, comb)
+    return torch.ops.v4cli.hc_post(o, x, post, comb)
