@@ -23,6 +23,7 @@ def make_rope(args: ModelArgs, ratio: int) -> Rope:
 
 
 class Attention(nn.Module):
+    GATHER_EACH = 8  # up to this many query rows gather their picked entries without deduplicating them
     def __init__(self, args: ModelArgs, ratio: int, simulate_quant: bool, dtype: torch.dtype) -> None:
         super().__init__()
         self.args, self.ratio, self.simulate_quant = args, ratio, simulate_quant
@@ -112,14 +113,29 @@ class Attention(nn.Module):
             entries = st.comp.entries.view()
             if self.indexer is not None:
                 picks = self.indexer(x, qr, start, cs, st.index)
-                # Gather only the entries some query picked, not all ctx/4 of them.
-                used, remap = torch.unique(picks.clamp_min(0), return_inverse=True)
+                # Gather only the entries some query picked, not all ctx/4 of them: at decode each query's picks
+                # as they are (no host sync, which a GPU would wait on), in a prefill chunk each entry once.
+                if S <= self.GATHER_EACH:
+                    used, remap = picks.clamp_min(0).flatten(), self._pick_slots(S, picks.shape[1], dev)
+                else:
+                    used, remap = torch.unique(picks.clamp_min(0), return_inverse=True)
                 idx = torch.cat([idx, torch.where(picks >= 0, remap + keys.shape[0], -1)], dim=1)
                 keys = torch.cat([keys, entries[used].to(keys.dtype)])
             else:  # HCA: every closed entry, read in place
                 dense = entries.to(keys.dtype)
                 limit = (torch.arange(start, start + S, device=dev) + 1) // self.ratio
         return keys, idx, dense, limit
+
+    def _pick_slots(self, S: int, k: int, dev: torch.device) -> torch.Tensor:
+        """[S, k]: where each query's picks land in the gathered list (s * k + j); kept once k is the full
+        top-k (before that, k grows with the context)."""
+        key = (-S, k, dev)  # beside the window's shapes in one cache (negative S: another kind of entry)
+        slots = self._win_cache.get(key)
+        if slots is None:
+            slots = torch.arange(S * k, device=dev).view(S, k)
+            if self.indexer is not None and k == self.indexer.topk:
+                self._win_cache[key] = slots
+        return slots
 
     def _window_idx(self, S: int, n_prev: int, dev: torch.device) -> torch.Tensor:
         """Row s sees keys s + n_prev - W + 1 .. s + n_prev of [ring tokens, chunk] (-1 before the first). Once

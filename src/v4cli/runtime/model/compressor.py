@@ -108,7 +108,7 @@ class Indexer(nn.Module):
         for s0 in range(0, S, step):
             scores = ops.indexer_scores(q[s0 : s0 + step], weights[s0 : s0 + step], keys)
             lim = limit[s0 : s0 + step]
-            lo = int(lim[0])  # entries below this are closed for every query of the block: mask only the rest
+            lo = (start + s0 + 1) // self.ratio  # closed for every query of the block (lim[0], without a sync)
             tail = torch.arange(lo, n, device=x.device).unsqueeze(0) >= lim.unsqueeze(1)
             scores[:, lo:].masked_fill_(tail, float("-inf"))
             picks[s0 : s0 + step] = scores.topk(k, dim=-1).indices
