@@ -53,3 +53,20 @@ def test_the_seam_routes_cuda_tensors_here_and_cpu_tensors_elsewhere() -> None:
     x, w = torch.randn(4, 64), torch.rand(64)
     assert ops.rms_norm(x, w, 1e-6).device.type == "cpu"  # the CPU's kernel or twin, never the CUDA one
     assert ops.rms_norm(x.cuda(), w.cuda(), 1e-6).device.type == "cuda"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tokens,d", [(1, 4096), (32, 4096), (512, 4096), (3, 64)])
+def test_hc_pre(dtype: torch.dtype, tokens: int, d: int) -> None:
+    if ops.backend("hc_sinkhorn", "cuda") == "torch":
+        pytest.skip("hc_sinkhorn has no CUDA kernel: hc_pre runs its twin")
+    n = 4
+    mix = (2 + n) * n
+    x = torch.randn(tokens, n, d, device="cuda").to(dtype)
+    fn, base = torch.randn(mix, n * d, device="cuda") * 0.02, torch.randn(mix, device="cuda")
+    scale = torch.rand(3, device="cuda") + 0.5
+    got = cuda_kernels.hc_pre(x, fn, scale, base, n, 20, 1e-6, 1e-6)
+    want = ops_ref.hc_pre(x.double(), fn.double(), scale.double(), base.double(), n, 20, 1e-6, 1e-6)
+    assert got[0].dtype == dtype and got[0].shape == (tokens, d)
+    for a, b in zip(got, want, strict=True):
+        assert a.shape == b.shape and _rel(a, b) < (1e-4 if dtype == torch.float32 else 1e-2)

@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include "launch.h"
@@ -40,7 +41,7 @@ bool is_bf16(const at::Tensor& t, const char* name) {
 
 // ---- pointwise: hc_sinkhorn, rope, hadamard, fp8_round, fp4_round --------------------------------------------
 
-// ---- norm: rms_norm, hc_post (hc_pre joins them once dense_linear and hc_sinkhorn have kernels) -------------
+// ---- norm: rms_norm, hc_post, hc_pre ---------------------------------------------------------------------------
 
 namespace {
 
@@ -78,11 +79,43 @@ at::Tensor hc_post_cuda(const at::Tensor& o_in, const at::Tensor& x_in, const at
   return y;
 }
 
+// The mixing logits are a [T, nD] x [nD, (2+n)n] float32 product (cuBLAS, through ATen), the weights come from
+// whatever implements v4cli::hc_sinkhorn for CUDA (pointwise.cu), the rest are the kernels above.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> hc_pre_cuda(const at::Tensor& x_in, const at::Tensor& fn,
+                                                           const at::Tensor& scale, const at::Tensor& base, int64_t n,
+                                                           int64_t iters, double eps, double norm_eps) {
+  c10::cuda::CUDAGuard guard(x_in.device());
+  TORCH_CHECK(x_in.dim() == 3 && x_in.size(1) == n, "hc_pre: x must be [T, n, D] with n = ", n);
+  TORCH_CHECK(fn.dim() == 2 && fn.size(1) == n * x_in.size(2), "hc_pre: fn must be [(2+n)n, n*D]");
+  const at::Tensor x = x_in.contiguous();
+  check_cuda(x, "hc_pre: x");
+  const bool bf16 = is_bf16(x, "hc_pre: x");
+  const int64_t T = x.size(0), d = x.size(2);
+  at::Tensor rsqrt = at::empty({T, 1}, x.options().dtype(at::kFloat));
+  check_launch(cuda::row_rsqrt(x.data_ptr(), rsqrt.data_ptr<float>(), T, n * d, static_cast<float>(norm_eps), bf16,
+                               current_stream()),
+               "hc_pre (row rsqrt)");
+  const at::Tensor mixes = at::linear(x.view({T, n * d}).to(at::kFloat), fn.to(at::kFloat)) * rsqrt;
+  static const auto sinkhorn = c10::Dispatcher::singleton()
+                                   .findSchemaOrThrow("v4cli::hc_sinkhorn", "")
+                                   .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                                       const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
+                                       double)>();
+  auto [pre, post, comb] = sinkhorn.call(mixes, scale, base, n, iters, eps);
+  const at::Tensor pre_f = pre.to(at::kFloat).contiguous();
+  at::Tensor u = at::empty({T, d}, x.options());
+  check_launch(cuda::hc_collapse(x.data_ptr(), pre_f.data_ptr<float>(), u.data_ptr(), T, static_cast<int>(n), d,
+                                 bf16, current_stream()),
+               "hc_pre (collapse)");
+  return {u, post, comb};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(v4cli, CUDA, m) {
   m.impl("rms_norm", &rms_norm_cuda);
   m.impl("hc_post", &hc_post_cuda);
+  m.impl("hc_pre", &hc_pre_cuda);
 }
 
 }  // namespace v4cli

@@ -89,7 +89,7 @@ _FLOATS = (torch.float32, torch.bfloat16)
 
 # ---- pointwise: hc_sinkhorn, rope, hadamard, fp8_round, fp4_round --------------------------------------------
 
-# ---- norm: rms_norm, hc_post -----------------------------------------------------------------------------------
+# ---- norm: rms_norm, hc_post, hc_pre ---------------------------------------------------------------------------
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -102,3 +102,11 @@ def hc_post(o: torch.Tensor, x: torch.Tensor, post: torch.Tensor, comb: torch.Te
     if not _same_device(o, x, post, comb) or x.dtype not in _FLOATS:
         return ops_ref.hc_post(o, x, post, comb)
     return torch.ops.v4cli.hc_post(o, x, post, comb)
+
+
+def hc_pre(x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.Tensor, n: int, iters: int, eps: float,
+           norm_eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # its Sinkhorn step is whatever implements hc_sinkhorn on CUDA: without that kernel, the twin throughout
+    if not _same_device(x, fn, scale, base) or x.dtype not in _FLOATS or ops.backend("hc_sinkhorn", "cuda") == "torch":
+        return ops_ref.hc_pre(x, fn, scale, base, n, iters, eps, norm_eps)
+    return torch.ops.v4cli.hc_pre(x, fn, scale, base, n, iters, eps, norm_eps)
