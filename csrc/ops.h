@@ -55,8 +55,9 @@ at::Tensor hadamard_cpu(const at::Tensor& x);
 at::Tensor fp8_round_cpu(const at::Tensor& x, int64_t block, int64_t width);
 at::Tensor fp4_round_cpu(const at::Tensor& x, int64_t block);
 
-// RMSNorm over the last dim with a float32 weight, in float32, x's dtype out (ops_ref.rms_norm).
-at::Tensor rms_norm_cpu(const at::Tensor& x, const at::Tensor& weight, double eps);
+// RMSNorm over the last dim with a float32 weight, in float32, x's dtype out; without a weight the query heads'
+// variant (ops_ref.rms_norm).
+at::Tensor rms_norm_cpu(const at::Tensor& x, const std::optional<at::Tensor>& weight, double eps);
 
 // mHC's pre (streams x [T, n, D] -> sublayer input u [T, D], post [T, n], comb [T, n, n]) and post (the sublayer's
 // output o [T, D] mixed back into the streams), as ops_ref.hc_pre / hc_post.

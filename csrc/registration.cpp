@@ -17,7 +17,7 @@ TORCH_LIBRARY(v4cli, m) {
   m.def("fp8_round(Tensor x, int block, int width) -> Tensor");
   m.def("fp4_round(Tensor x, int block) -> Tensor");
   m.def("hc_sinkhorn(Tensor mixes, Tensor scale, Tensor base, int n, int iters, float eps) -> (Tensor, Tensor, Tensor)");
-  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("rms_norm(Tensor x, Tensor? weight, float eps) -> Tensor");
   m.def("hc_pre(Tensor x, Tensor fn, Tensor scale, Tensor base, int n, int iters, float eps, float norm_eps) -> "
         "(Tensor, Tensor, Tensor)");
   m.def("hc_post(Tensor o, Tensor x, Tensor post, Tensor comb) -> Tensor");

@@ -265,6 +265,9 @@ def test_rms_norm_equals_its_twin_bit_for_bit(built, dtype, shape):
     w = torch.rand(shape[-1], generator=g) + 0.5
     got = kernels.rms_norm(x, w, 1e-6)
     assert got.dtype == dtype and torch.equal(got, ops_ref.rms_norm(x, w, 1e-6))
+    plain = kernels.rms_norm(x, None, 1e-6)  # the query heads' form: no weight, the product in x's dtype
+    assert plain.dtype == dtype and torch.equal(plain, ops_ref.rms_norm(x, None, 1e-6))
+    assert not torch.equal(plain, got)
     with pytest.raises(RuntimeError, match="weight must be"):
         torch.ops.v4cli.rms_norm(x, w[:-1], 1e-6)
 

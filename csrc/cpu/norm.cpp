@@ -10,7 +10,11 @@
 
 namespace v4cli {
 
-at::Tensor rms_norm_cpu(const at::Tensor& x, const at::Tensor& weight, double eps) {
+at::Tensor rms_norm_cpu(const at::Tensor& x, const std::optional<at::Tensor>& weight_opt, double eps) {
+  if (!weight_opt.has_value()) {  // the query heads: the factor in x's dtype, times x in x's dtype
+    return x * at::rsqrt(x.to(at::kFloat).square().mean(-1, /*keepdim=*/true) + eps).to(x.scalar_type());
+  }
+  const at::Tensor& weight = *weight_opt;
   TORCH_CHECK(x.dim() >= 1 && weight.dim() == 1 && weight.size(0) == x.size(-1),
               "rms_norm: weight must be [D] for x [..., D]");
   const at::Tensor xf = x.to(at::kFloat);

@@ -45,8 +45,10 @@ bool is_bf16(const at::Tensor& t, const char* name) {
 
 namespace {
 
-at::Tensor rms_norm_cuda(const at::Tensor& x_in, const at::Tensor& weight, double eps) {
+at::Tensor rms_norm_cuda(const at::Tensor& x_in, const std::optional<at::Tensor>& weight_opt, double eps) {
   c10::cuda::CUDAGuard guard(x_in.device());
+  TORCH_CHECK(weight_opt.has_value(), "rms_norm: the unweighted form has no CUDA kernel (the wrapper runs its twin)");
+  const at::Tensor& weight = *weight_opt;
   const at::Tensor x = x_in.contiguous();
   check_cuda(x, "rms_norm: x");
   check_cuda(weight, "rms_norm: weight");

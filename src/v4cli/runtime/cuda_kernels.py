@@ -92,8 +92,8 @@ _FLOATS = (torch.float32, torch.bfloat16)
 # ---- norm: rms_norm, hc_post, hc_pre ---------------------------------------------------------------------------
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    if weight.device != x.device or weight.dtype != torch.float32 or x.dtype not in _FLOATS:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    if weight is None or weight.device != x.device or weight.dtype != torch.float32 or x.dtype not in _FLOATS:
         return ops_ref.rms_norm(x, weight, eps)
     return torch.ops.v4cli.rms_norm(x, weight, eps)
 

@@ -178,8 +178,8 @@ def fp4_round(x: torch.Tensor, block: int = quant.FP4_BLOCK) -> torch.Tensor:
     return torch.ops.v4cli.fp4_round(x.contiguous(), block)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    if weight.device.type != "cpu" or weight.dtype != torch.float32:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    if weight is not None and (weight.device.type != "cpu" or weight.dtype != torch.float32):
         return ops_ref.rms_norm(x, weight, eps)
     return torch.ops.v4cli.rms_norm(x, weight, eps)
 

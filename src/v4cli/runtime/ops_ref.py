@@ -148,8 +148,11 @@ def hc_sinkhorn(
     return pre, post, comb
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """weight * x / sqrt(mean(x^2) + eps) over the last dim, in float32 (weight float32), back to x's dtype."""
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """weight * x / sqrt(mean(x^2) + eps) over the last dim, in float32 (weight float32), back to x's dtype.
+    Without a weight (the query heads), x times the factor rounded to x's dtype, in x's dtype, as the reference."""
+    if weight is None:
+        return x * torch.rsqrt(x.float().square().mean(-1, keepdim=True) + eps).to(x.dtype)
     xf = x.float()
     xf = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
     return (weight * xf).to(x.dtype)

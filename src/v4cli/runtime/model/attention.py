@@ -102,8 +102,8 @@ class Attention(nn.Module):
         S, W, dev = x.shape[0], self.window, x.device
         # Window candidates: the up-to W-1 earlier tokens still in the ring, then this chunk.
         n_prev = min(start, W - 1)
-        prev_slots = torch.arange(start - n_prev, start, device=dev) % W
-        keys = torch.cat([st.ring[prev_slots].to(kv.dtype), kv])
+        prev = [st.ring[a:b] for a, b in _ring_spans(start - n_prev, n_prev, W)]
+        keys = torch.cat([p if p.dtype == kv.dtype else p.to(kv.dtype) for p in prev] + [kv])
         idx = self._window_idx(S, n_prev, dev)
         self._write_ring(st, kv, start)
 
@@ -152,8 +152,10 @@ class Attention(nn.Module):
 
     def _write_ring(self, st: LayerState, kv: torch.Tensor, start: int) -> None:
         keep = min(kv.shape[0], self.window)
-        pos = torch.arange(start + kv.shape[0] - keep, start + kv.shape[0], device=kv.device)
-        st.ring[pos % self.window] = kv[-keep:].to(st.ring.dtype)
+        src = kv.shape[0] - keep
+        for a, b in _ring_spans(start + src, keep, self.window):  # copy_ casts to the ring's dtype
+            st.ring[a:b] = kv[src : src + b - a]
+            src += b - a
 
     def _project_out(self, o: torch.Tensor) -> torch.Tensor:
         """Grouped low-rank output: per group wo_a[g] . concat(heads of g), then wo_b over all groups."""
@@ -173,3 +175,13 @@ class Attention(nn.Module):
                 self._wo_a_dense = (key, wo_a.dense().float().view(self.groups, r, -1))
             z = torch.einsum("sgd,grd->sgr", grouped.float(), self._wo_a_dense[1]).to(o.dtype)
         return self.wo_b(z.flatten(1))
+
+
+def _ring_spans(first: int, count: int, window: int) -> list[tuple[int, int]]:
+    """The ring slots of positions first..first+count-1 (count <= window) as at most two [a, b) spans, in order."""
+    if count <= 0:
+        return []
+    a = first % window
+    if a + count <= window:
+        return [(a, a + count)]
+    return [(a, window), (0, a + count - window)]

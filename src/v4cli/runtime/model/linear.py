@@ -67,4 +67,4 @@ class RMSNorm(nn.Module):
 
 def rms_unweighted(x: torch.Tensor, eps: float) -> torch.Tensor:
     """Per-vector RMS normalisation without weight (the query heads), in x's dtype as the reference."""
-    return x * torch.rsqrt(x.float().square().mean(-1, keepdim=True) + eps).to(x.dtype)
+    return ops.rms_norm(x, None, eps)
