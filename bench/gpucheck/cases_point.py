@@ -1,4 +1,4 @@
-"""Inputs of the row-wise ops (hc_sinkhorn, rope, hadamard, fp8_round, fp4_round), from their twins' docstrings:
+"""Inputs of the row-wise ops (hc_sinkhorn, rope, hadamard, fp8_round, fp4_round, rms_norm, hc_pre, hc_post), from
 the tensors the model passes them (queries, kv rows, the indexer's queries and keys, the mHC mixing logits) at
 decode and prefill row counts, and ragged ones (odd rows, other widths, blocks under the scale's floor)."""
 
@@ -99,3 +99,48 @@ def fp4_round(d: Dims, rng: Rng) -> Iterator[Case]:
     for dtype in (BF16, F32):
         yield case("ragged", (13, 4, 128), dtype, False, zero_block=True)
         yield case("ragged", (5, 64), dtype, False)
+
+
+def rms_norm(d: Dims, rng: Rng) -> Iterator[Case]:
+    """The norms of a layer (hidden, q_lora, kv rows) with their float32 weight, and the query heads' form (no
+    weight)."""
+    def case(label: str, shape: tuple[int, ...], weighted: bool, dtype: torch.dtype, timed: bool) -> Case:
+        x = rng.randn(*shape, dtype=dtype, std=3.0)
+        w = 0.5 + rng.rand(shape[-1]) if weighted else None
+        return Case("rms_norm", f"{label} {'x'.join(map(str, shape))}{'' if weighted else ' no weight'}",
+                    dtype_name(dtype), (x, w, 1e-6), 2 * nbytes(x), 0, timed)
+
+    for rows, timed in _rows(d):
+        yield case("hidden", (rows, d.hidden), True, BF16, timed)
+        yield case("q_lora", (rows, d.q_lora), True, BF16, timed)
+        yield case("q heads", (rows, d.heads, d.head_dim), False, BF16, timed)
+    for dtype in (BF16, F32):
+        yield case("ragged", (13, 96), True, dtype, False)
+        yield case("ragged", (3, 37), True, dtype, False)
+
+
+def _streams(d: Dims, rng: Rng, rows: int, dtype: torch.dtype) -> torch.Tensor:
+    return rng.randn(rows, d.hc, d.hidden, dtype=dtype)
+
+
+def hc_pre(d: Dims, rng: Rng) -> Iterator[Case]:
+    n, iters, eps = d.hc, ModelArgs().hc_sinkhorn_iters, ModelArgs().hc_eps
+    mix = (2 + n) * n
+    for rows, timed in _rows(d):
+        for dtype in (BF16, F32) if not timed else (BF16,):
+            x = _streams(d, rng, rows, dtype)
+            fn, base = rng.randn(mix, n * d.hidden, std=0.02), rng.randn(mix, std=0.5)
+            scale = 0.5 + rng.rand(3)
+            yield Case("hc_pre", f"streams {rows}x{n}x{d.hidden}", dtype_name(dtype),
+                       (x, fn, scale, base, n, iters, eps, 1e-6), nbytes(x, fn) + nbytes(x) // n,
+                       2 * rows * mix * n * d.hidden, timed)
+
+
+def hc_post(d: Dims, rng: Rng) -> Iterator[Case]:
+    n = d.hc
+    for rows, timed in _rows(d):
+        for dtype in (BF16, F32) if not timed else (BF16,):
+            x, o = _streams(d, rng, rows, dtype), rng.randn(rows, d.hidden, dtype=dtype)
+            post, comb = 2 * rng.rand(rows, n), rng.rand(rows, n, n)
+            yield Case("hc_post", f"streams {rows}x{n}x{d.hidden}", dtype_name(dtype), (o, x, post, comb),
+                       2 * nbytes(x) + nbytes(o), 0, timed)

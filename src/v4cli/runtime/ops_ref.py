@@ -174,8 +174,9 @@ def hc_pre(x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.T
 def hc_post(o: torch.Tensor, x: torch.Tensor, post: torch.Tensor, comb: torch.Tensor) -> torch.Tensor:
     """mHC's expansion back to n streams: X'[k] = post_k * o + sum_j comb[j, k] X[j], in float32, in x's dtype.
     o [T, D] the sublayer's output, x [T, n, D] the streams before it."""
-    mixed = torch.einsum("tjk,tjd->tkd", comb, x.float())
-    return (post.unsqueeze(-1) * o.float().unsqueeze(1) + mixed).to(x.dtype)
+    wide = torch.promote_types(comb.dtype, torch.float32)  # float32; float64 for a float64 reference
+    mixed = torch.einsum("tjk,tjd->tkd", comb.to(wide), x.to(wide))
+    return (post.unsqueeze(-1) * o.to(wide).unsqueeze(1) + mixed).to(x.dtype)
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
