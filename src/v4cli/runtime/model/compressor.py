@@ -37,17 +37,19 @@ class Compressor(nn.Module):
 
     def forward(self, x: torch.Tensor, start: int, st: CompressorState) -> None:
         """Feed tokens at positions start..start+S-1; append every entry they close to `st.entries`."""
-        m, d = self.ratio, self.d
-        xf = x.float()
-        pos = torch.arange(start, start + x.shape[0], device=x.device)
+        m, d, S = self.ratio, self.d, x.shape[0]
+        xf = x if x.dtype == torch.float32 else x.float()
+        a = start % m  # the rows' slots in the window: a slice of ape unless the chunk wraps past a window's end
+        ape = self.ape[a : a + S] if a + S <= m else self.ape[torch.arange(start, start + S, device=x.device) % m]
         kv = torch.cat([st.tail_kv, self.wkv(xf)])
-        score = torch.cat([st.tail_score, self.wgate(xf) + self.ape[pos % m]])
+        score = torch.cat([st.tail_score, self.wgate(xf) + ape])
         first = start - st.tail_kv.shape[0]  # a multiple of m: rows always start at a window boundary
         n_win = kv.shape[0] // m
+        if n_win == 0:  # the window is still open (most decode steps): the new tensors are the tails
+            st.tail_kv, st.tail_score = kv, score
+            return
         cut = n_win * m
         st.tail_kv, st.tail_score = kv[cut:].clone(), score[cut:].clone()
-        if n_win == 0:
-            return
         kv_w = kv[:cut].view(n_win, m, -1)
         sc_w = score[:cut].view(n_win, m, -1)
         if self.overlap:
