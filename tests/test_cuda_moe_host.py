@@ -1,7 +1,8 @@
-"""The moe_experts kernels' bit-level weight decoding without a GPU (csrc/cuda/moe.cuh, run as host code by
-tests/cuda/moe_host.cu): the prefill path's FP4/FP8 decoders equal runtime/quant.py's dequantization rounded to
-bfloat16, bit for bit, and one step of the decode path's warp -- 32 lanes' MMA operands put through an emulated
-m16n8k16 as PTX lays out its fragments -- computes the dequantized weights times the activations."""
+"""The moe_experts kernels' bit-level weight decoding and fragment layouts without a GPU (csrc/cuda/moe.cuh, run as
+host code by tests/cuda/moe_host.cu): the prefill path's FP4/FP8 decoders equal runtime/quant.py's dequantization
+rounded to bfloat16, bit for bit; one step of the decode path's warp -- 32 lanes' MMA operands put through an
+emulated m16n8k16 as PTX lays out its fragments -- computes the dequantized weights times the activations; and
+the prefill block's ldmatrix addressing and warp placement give A B^T for a K tile."""
 
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def test_fp4_natural_decoding_is_the_dequantized_weight(moe_host: Path) -> None:
     g = torch.Generator().manual_seed(0)
     words = torch.randint(0, 2**32, (4096,), generator=g, dtype=torch.int64)
     scales = torch.arange(4096) % 256  # every scale byte, the two-factor ones (> 128) and NaN included
-    got = _run(moe_host, "fp4_natural", words.to(torch.int32).numpy().tobytes() + scales.to(torch.uint8).numpy().tobytes())
+    data = words.to(torch.int32).numpy().tobytes() + scales.to(torch.uint8).numpy().tobytes()
+    got = _run(moe_host, "fp4_natural", data)
     codes = torch.stack([(words >> (4 * i)) & 15 for i in range(8)], dim=1)
     want = (quant.e2m1_decode(codes) * _scales(scales)[:, None]).to(torch.bfloat16)
     _bits_equal(got, want)
@@ -104,3 +106,11 @@ def test_a_decode_warp_step_multiplies_the_weights(moe_host: Path, fmt: str, big
     want = dense.double() @ x.double().t()
     assert want.abs().max() > 0
     torch.testing.assert_close(got.view(16, 8).double(), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+def test_a_prefill_k_tile_is_a_times_b_transposed(moe_host: Path) -> None:
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randn(128, 32, generator=g).to(torch.bfloat16), torch.randn(128, 32, generator=g).to(torch.bfloat16)
+    got = _run(moe_host, "gemm_tile", a.view(torch.uint8).numpy().tobytes() + b.view(torch.uint8).numpy().tobytes())
+    want = a.double() @ b.double().t()
+    torch.testing.assert_close(got.view(128, 128).double(), want, rtol=1e-5, atol=1e-5)

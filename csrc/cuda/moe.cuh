@@ -238,6 +238,17 @@ __host__ __device__ inline void moe_gemv_b(const uint4& x, int i, uint32_t b[2])
   }
 }
 
+// ---- the prefill path's shared-memory fragments (moe_gemm.cu) -------------------------------------------------
+// ldmatrix.x4: lane l gives the address of row l % 8 of 8x8 matrix l / 8 and receives, of each matrix, row
+// lane / 4, columns 2 (lane % 4) and +1. Tiles are [row][k] in shared memory. The A fragment of rows r0..r0+15
+// at k0: matrices (rows +0, k +0), (+8, +0), (+0, +8), (+8, +8) -> a0..a3. Two B fragments (n8 tiles at rows
+// r0 and r0 + 8): matrices (rows +0, k +0), (+0, +8), (+8, +0), (+8, +8) -> b0, b1 of the first, b0, b1 of the
+// second. Offsets of lane's row and k from (r0, k0):
+__host__ __device__ inline int moe_ldm_a_row(int lane) { return (lane & 7) + 8 * ((lane >> 3) & 1); }
+__host__ __device__ inline int moe_ldm_a_k(int lane) { return 8 * (lane >> 4); }
+__host__ __device__ inline int moe_ldm_b_row(int lane) { return (lane & 7) + 8 * (lane >> 4); }
+__host__ __device__ inline int moe_ldm_b_k(int lane) { return 8 * ((lane >> 3) & 1); }
+
 // One m16n8k16 tensor-core product, bfloat16 in, float32 accumulated in place. a: the 16x16 A fragment (rows
 // g, g+8; k 2t.., 2t+8..), b: the 16x8 B fragment (k 2t.., 2t+8..; column g), c: rows g, g+8 x columns 2t, 2t+1.
 __device__ inline void moe_mma(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,

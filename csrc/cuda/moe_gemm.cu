@@ -126,15 +126,15 @@ __device__ void gemm_block(const MoePhase& a, int e, int p0, int np, int nblock,
     for (int ks = 0; ks < BK; ks += 16) {
       uint32_t af[2][4];
 #pragma unroll
-      for (int mi = 0; mi < 2; ++mi) {  // matrices: rows +0/+8 (lane bit 3), k +0/+8 (lane bit 4)
-        const int row = 32 * wm + 16 * mi + (lane & 7) + 8 * ((lane >> 3) & 1);
-        ldmatrix_x4(af[mi], &As[buf][row * LDS + ks + 8 * (lane >> 4)]);
+      for (int mi = 0; mi < 2; ++mi) {
+        const int row = 32 * wm + 16 * mi + moe_ldm_a_row(lane);
+        ldmatrix_x4(af[mi], &As[buf][row * LDS + ks + moe_ldm_a_k(lane)]);
       }
 #pragma unroll
-      for (int jp = 0; jp < 4; ++jp) {  // n8 tiles 2jp, 2jp+1: matrices k +0/+8 (lane bit 3), rows +0/+8 (bit 4)
+      for (int jp = 0; jp < 4; ++jp) {  // n8 tiles 2jp, 2jp+1
         uint32_t bf[4];
-        const int row = 64 * wn + 16 * jp + (lane & 7) + 8 * (lane >> 4);
-        ldmatrix_x4(bf, &Bs[buf][row * LDS + ks + 8 * ((lane >> 3) & 1)]);
+        const int row = 64 * wn + 16 * jp + moe_ldm_b_row(lane);
+        ldmatrix_x4(bf, &Bs[buf][row * LDS + ks + moe_ldm_b_k(lane)]);
 #pragma unroll
         for (int mi = 0; mi < 2; ++mi) {
           moe_mma(acc[mi][2 * jp], af[mi][0], af[mi][1], af[mi][2], af[mi][3], bf[0], bf[1]);

@@ -83,6 +83,61 @@ void gemv_step(const std::vector<uint8_t>& in, std::vector<float>& out) {
     for (int n = 0; n < 8; ++n) out.push_back(c[m][n]);
 }
 
+// ldmatrix.x4 as PTX defines it, from a [rows][32] bfloat16 tile: lane l supplies the address of row l % 8 of
+// matrix l / 8 (here as a row and k), and receives row lane / 4, columns 2 (lane % 4) and +1 of each matrix.
+void ldmatrix(const uint16_t* tile, const int row[32], const int k[32], uint32_t r[32][4]) {
+  for (int lane = 0; lane < 32; ++lane)
+    for (int i = 0; i < 4; ++i) {
+      const int src = 8 * i + lane / 4;
+      const uint16_t* p = tile + row[src] * 32 + k[src] + 2 * (lane % 4);
+      r[lane][i] = p[0] | (static_cast<uint32_t>(p[1]) << 16);
+    }
+}
+
+// One K tile of moe_gemm's block: A [128][32] and B [128][32] bfloat16 in shared memory, 8 warps as the kernel
+// places them (4 along M, 2 along N), fragments read with the kernel's lane offsets. Out: C [128][128] = A B^T.
+void gemm_tile(const std::vector<uint8_t>& in, std::vector<float>& out) {
+  const uint16_t* A = reinterpret_cast<const uint16_t*>(in.data());
+  const uint16_t* B = A + 128 * 32;
+  std::vector<float> C(128 * 128, 0.f);
+  for (int warp = 0; warp < 8; ++warp) {
+    const int wm = warp & 3, wn = warp >> 2;
+    float acc[2][8][16][8] = {};
+    for (int ks = 0; ks < 32; ks += 16) {
+      uint32_t af[2][32][4], bf[4][32][4];
+      int row[32], k[32];
+      for (int mi = 0; mi < 2; ++mi) {
+        for (int lane = 0; lane < 32; ++lane) {
+          row[lane] = 32 * wm + 16 * mi + moe_ldm_a_row(lane);
+          k[lane] = ks + moe_ldm_a_k(lane);
+        }
+        ldmatrix(A, row, k, af[mi]);
+      }
+      for (int jp = 0; jp < 4; ++jp) {
+        for (int lane = 0; lane < 32; ++lane) {
+          row[lane] = 64 * wn + 16 * jp + moe_ldm_b_row(lane);
+          k[lane] = ks + moe_ldm_b_k(lane);
+        }
+        ldmatrix(B, row, k, bf[jp]);
+      }
+      for (int mi = 0; mi < 2; ++mi)
+        for (int j = 0; j < 8; ++j) {
+          uint32_t b[32][2];
+          for (int lane = 0; lane < 32; ++lane) {
+            b[lane][0] = bf[j / 2][lane][2 * (j % 2)];
+            b[lane][1] = bf[j / 2][lane][2 * (j % 2) + 1];
+          }
+          mma(acc[mi][j], af[mi], b);
+        }
+    }
+    for (int mi = 0; mi < 2; ++mi)
+      for (int j = 0; j < 8; ++j)
+        for (int m = 0; m < 16; ++m)
+          for (int n = 0; n < 8; ++n) C[(32 * wm + 16 * mi + m) * 128 + 64 * wn + 8 * j + n] = acc[mi][j][m][n];
+  }
+  out = C;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -118,6 +173,8 @@ int main(int argc, char** argv) {
     gemv_step<kMoeFormatFp4>(in, out);
   } else if (!std::strcmp(mode, "gemv_fp8")) {
     gemv_step<kMoeFormatFp8>(in, out);
+  } else if (!std::strcmp(mode, "gemm_tile")) {
+    gemm_tile(in, out);
   } else if (!std::strcmp(mode, "gemv_bf16")) {
     gemv_step<kMoeFormatBf16>(in, out);
   } else {
