@@ -90,7 +90,7 @@ def moe_experts(x: torch.Tensor, weights: torch.Tensor, picks: torch.Tensor, w1:
                 s2: list[torch.Tensor], limit: float, act_quant: bool) -> torch.Tensor:
     # The lists are checked in C++ (every expert's device, dtype and shape: cheap there, not here); the kernel's
     # table of their pointers is cached there by content, so a step copies nothing to the device.
-    if x.dtype not in _FLOATS or not w1 or not _same_device(x, weights, picks, w1[0], w2[-1]):
+    if x.dtype not in _FLOATS or not w1 or not w2 or not _same_device(x, weights, picks, w1[0], w2[-1]):
         return ops_ref.moe_experts(x, weights, picks, w1, s1, w3, s3, w2, s2, limit, act_quant)
     return torch.ops.v4cli.moe_experts(x.contiguous(), weights.float().contiguous(), picks.long().contiguous(), w1, s1,
                                        w3, s3, w2, s2, float(limit), bool(act_quant), x.dtype == torch.bfloat16)
