@@ -195,6 +195,18 @@ def child_llama(job: dict[str, Any]) -> dict[str, Any]:
     from llama_cpp import Llama
 
     ctx, n = job["ctx"], job["decode"]
+    if not job.get("extra_bufts", True):  # llama.cpp's --no-extra-bufts: no weight repacking (the AMX buffers)
+        import llama_cpp
+
+        defaults = llama_cpp.llama_model_default_params
+
+        def no_repack() -> Any:
+            p = defaults()
+            p.use_extra_bufts = False
+            return p
+
+        llama_cpp.llama_model_default_params = no_repack
+        llama_cpp.llama.llama_cpp.llama_model_default_params = no_repack
     llm = Llama(model_path=job["model"], n_ctx=ctx + n + 64, n_threads=THREADS, n_threads_batch=THREADS,
                 n_batch=512, verbose=False)
     rss_loaded = peak_rss()
@@ -371,6 +383,7 @@ def main() -> None:
     print(json.dumps(mach), flush=True)
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
+    extra_bufts = True  # llama.cpp's default; turned off (and said) if it aborts with them
     for name, ctxs in sets:
         if a.only and a.only != name:
             continue
@@ -392,7 +405,17 @@ def main() -> None:
             row["ours"] = run_child({**job, "side": "ours"}, a.max_seconds, a.omp_wait)
             print(name, fmt_ctx(ctx), "ours", row["ours"], flush=True)
             if gguf is not None:
-                row["llama"] = run_child({**job, "side": "llama", "model": str(gguf)}, a.max_seconds, a.omp_wait)
+                lj = {**job, "side": "llama", "model": str(gguf), "extra_bufts": extra_bufts}
+                row["llama"] = run_child(lj, a.max_seconds, a.omp_wait)
+                if extra_bufts and "rc -6" in row["llama"].get("error", ""):
+                    # Seen on an Intel CPU with AMX (2026-12-02): llama.cpp 0.3.36's AMX weight buffers abort in
+                    # the backend scheduler on V4's graph (GGML_ASSERT(*cur_backend_id != -1)). Its plain CPU
+                    # backend runs the same GGUF: measure that, and say so.
+                    extra_bufts = False
+                    notes.append("llama.cpp aborted with its AMX weight buffers (GGML_ASSERT(*cur_backend_id != "
+                                 "-1) in ggml-backend.cpp); it ran without them (use_extra_bufts=False, its "
+                                 "--no-extra-bufts), on its AVX-512 CPU backend")
+                    row["llama"] = run_child({**lj, "extra_bufts": False}, a.max_seconds, a.omp_wait)
                 print(name, fmt_ctx(ctx), "llama.cpp", row["llama"], flush=True)
             if name.startswith("wide") and i == 0:
                 row["bytes"] = decode_bytes(ckpt, args)

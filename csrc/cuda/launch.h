@@ -14,6 +14,32 @@ namespace v4cli::cuda {
 
 // ---- moe.cu: moe_experts ---------------------------------------------------------------------------------------
 
+// The expert table's format codes (moe.cuh): e4m3 + 128x128 scales, packed e2m1 + per-32 scales, float weights.
+constexpr int kMoeFormatFp8 = 0, kMoeFormatFp4 = 1, kMoeFormatF32 = 2, kMoeFormatBf16 = 3, kMoeFormatF16 = 4;
+constexpr int kMoeMaxExperts = 4096, kMoeMaxPicks = 32;  // the routing kernel's limits (experts; picks per token)
+// The paths: float32 SIMT for any input; for bfloat16 x with FP4/FP8/bfloat16 weights, D and inter multiples of
+// 128 and 16-byte aligned rows, tensor cores: GEMV-shaped for decode (T <= 32), grouped GEMM past it.
+enum class MoePath { kSimt, kGemv, kGemm };
+
+struct MoeArgs {
+  const void* x;           // [T, D], bfloat16 if x_bf16 else float32
+  const float* weights;    // [T, k] routing weights
+  const int64_t* picks;    // [T, k] experts (out-of-range picks are skipped)
+  const int64_t* table;    // device [9E]: w1, w3, w2 pointers by expert, their scales' pointers, format codes
+  float* out;              // [T, D] float32
+  int64_t T;
+  int D, inter, k, E;
+  float limit;             // SwiGLU clamp, <= 0: none
+  bool act_quant;          // e4m3 rounding of each quantized linear's input
+  bool x_bf16;             // x and the intermediates stored as bfloat16
+  bool round_bf16;         // values rounded to bfloat16 between steps (implied by x_bf16)
+  bool quant_w13, quant_w2; // some expert's w1/w3 (w2) is quantized: act_quant has work there
+  MoePath path;
+};
+// Bytes of device workspace moe_experts needs for `a` (it runs the tokens in chunks that fit a fixed budget).
+size_t moe_workspace_bytes(const MoeArgs& a);
+cudaError_t moe_experts(const MoeArgs& a, void* workspace, cudaStream_t stream);
+
 // ---- attention.cu: sparse_attention, indexer_scores -----------------------------------------------------------
 
 // ---- pointwise.cu: hc_sinkhorn, rope, hadamard, fp8_round, fp4_round -----------------------------------------

@@ -37,6 +37,158 @@ bool is_bf16(const at::Tensor& t, const char* name) {
 
 // ---- moe: moe_experts -------------------------------------------------------------------------------------------
 
+namespace {
+
+// Expert e's matrix `name` ([rows, cols] of the model's: w1/w3 [inter, D], w2 [D, inter]) and its scale: checked,
+// and its format code for the kernels' table.
+int64_t moe_format_of(const at::Tensor& w, const at::Tensor& s, int64_t rows, int64_t cols, const at::Tensor& x,
+                      const char* name, size_t e) {
+  TORCH_CHECK(w.device() == x.device() && w.is_contiguous() && w.dim() == 2, "moe_experts: ", name, "[", e,
+              "] must be a contiguous 2-d tensor on x's device");
+  auto check_scale = [&](int64_t r, int64_t c) {
+    TORCH_CHECK(s.device() == x.device() && s.is_contiguous() && s.element_size() == 1 && s.dim() == 2 &&
+                    s.size(0) == r && s.size(1) == c,
+                "moe_experts: the scale of ", name, "[", e, "] must be a contiguous one-byte [", r, ", ", c,
+                "] tensor on x's device, got ", s.sizes());
+  };
+  const at::ScalarType st = w.scalar_type();
+  if (st == at::kFloat8_e4m3fn) {
+    TORCH_CHECK(w.size(0) == rows && w.size(1) == cols, "moe_experts: ", name, "[", e, "] must be [", rows, ", ",
+                cols, "], got ", w.sizes());
+    check_scale((rows + 127) / 128, (cols + 127) / 128);
+    return cuda::kMoeFormatFp8;
+  }
+  if (st == at::kChar) {
+    TORCH_CHECK(cols % 32 == 0, "moe_experts: FP4 weights need their inputs (", cols, ") a multiple of 32");
+    TORCH_CHECK(w.size(0) == rows && w.size(1) == cols / 2, "moe_experts: packed ", name, "[", e, "] must be [",
+                rows, ", ", cols / 2, "], got ", w.sizes());
+    check_scale(rows, cols / 32);
+    return cuda::kMoeFormatFp4;
+  }
+  TORCH_CHECK(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf, "moe_experts: ", name, "[", e,
+              "] has an unsupported dtype ", st);
+  TORCH_CHECK(w.size(0) == rows && w.size(1) == cols, "moe_experts: ", name, "[", e, "] must be [", rows, ", ", cols,
+              "], got ", w.sizes());
+  return st == at::kFloat ? cuda::kMoeFormatF32 : st == at::kBFloat16 ? cuda::kMoeFormatBf16 : cuda::kMoeFormatF16;
+}
+
+// The expert table on the device, cached by its content (pointers and formats): a layer's lists give the same
+// table every step, so after the first step a call copies nothing. The cache is never destroyed (it would free
+// CUDA memory after the driver's teardown at exit); past kMaxTables entries (weights reloaded many times) it is
+// emptied, after the device is idle, so that no queued kernel still reads a table.
+at::Tensor moe_table(const std::vector<int64_t>& host, const at::Device& device) {
+  constexpr size_t kMaxTables = 512;
+  static std::mutex mu;
+  static auto* cache = new std::unordered_map<std::string, at::Tensor>();
+  std::string key(reinterpret_cast<const char*>(host.data()), host.size() * sizeof(int64_t));
+  key += std::to_string(device.index());
+  std::lock_guard<std::mutex> lock(mu);
+  if (auto it = cache->find(key); it != cache->end()) return it->second;
+  if (cache->size() >= kMaxTables) {
+    C10_CUDA_CHECK(cudaDeviceSynchronize());
+    cache->clear();
+  }
+  const int64_t n = static_cast<int64_t>(host.size());
+  at::Tensor table = at::empty({n}, at::TensorOptions().dtype(at::kLong).device(device));
+  table.copy_(at::from_blob(const_cast<int64_t*>(host.data()), {n}, at::kLong));  // synchronous: host outlives it
+  cache->emplace(std::move(key), table);
+  return table;
+}
+
+void moe_check_list(at::TensorList w, at::TensorList s, size_t n, const char* name) {
+  TORCH_CHECK(w.size() == n && s.size() == n, "moe_experts: ", name, " and its scales must list ", n,
+              " experts, got ", w.size(), " and ", s.size());
+}
+
+at::Tensor moe_experts_cuda(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& picks,
+                            at::TensorList w1, at::TensorList s1, at::TensorList w3, at::TensorList s3,
+                            at::TensorList w2, at::TensorList s2, double limit, bool act_quant, bool bf16) {
+  c10::cuda::CUDAGuard guard(x.device());
+  check_cuda(x, "moe_experts: x");
+  TORCH_CHECK(x.dim() == 2, "moe_experts: x must be [T, D]");
+  const bool x_bf16 = is_bf16(x, "moe_experts: x");
+  TORCH_CHECK(!x_bf16 || bf16, "moe_experts: a bfloat16 x takes bf16 = true");
+  check_cuda(weights, "moe_experts: weights");
+  check_cuda(picks, "moe_experts: picks");
+  TORCH_CHECK(weights.device() == x.device() && picks.device() == x.device(),
+              "moe_experts: weights and picks must be on x's device");
+  TORCH_CHECK(picks.dim() == 2 && picks.scalar_type() == at::kLong && picks.size(0) == x.size(0),
+              "moe_experts: picks must be an int64 [T, k] tensor");
+  TORCH_CHECK(weights.scalar_type() == at::kFloat && weights.sizes() == picks.sizes(),
+              "moe_experts: weights must be a float32 tensor shaped as picks");
+  const size_t E = w1.size();
+  moe_check_list(w1, s1, E, "w1");
+  moe_check_list(w3, s3, E, "w3");
+  moe_check_list(w2, s2, E, "w2");
+  const int64_t T = x.size(0), D = x.size(1), k = picks.size(1);
+  const auto zeros = [&] { return at::zeros({T, D}, x.options().dtype(at::kFloat)); };
+  if (T == 0 || D == 0 || k == 0) return zeros();
+  TORCH_CHECK(E > 0, "moe_experts: picks name experts but the lists are empty");
+  TORCH_CHECK(w1[0].dim() == 2, "moe_experts: w1[0] must be [inter, D]");
+  const int64_t inter = w1[0].size(0);
+  TORCH_CHECK(E <= static_cast<size_t>(cuda::kMoeMaxExperts) && k <= cuda::kMoeMaxPicks, "moe_experts: at most ",
+              cuda::kMoeMaxExperts, " experts and ", cuda::kMoeMaxPicks, " picks per token, got ", E, " and ", k);
+  TORCH_CHECK(D < (int64_t(1) << 24) && inter < (int64_t(1) << 24), "moe_experts: D and inter must be below 2^24");
+
+  // the table: weight pointers, scale pointers, format codes (matrix m of expert e at m * E + e of each third)
+  std::vector<int64_t> host(9 * E);
+  bool tensor_cores =
+      x_bf16 && D % 128 == 0 && inter % 128 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+  bool quant_w13 = false, quant_w2 = false;
+  const at::TensorList ws[3] = {w1, w3, w2}, ss[3] = {s1, s3, s2};
+  const char* names[3] = {"w1", "w3", "w2"};
+  for (int m = 0; m < 3; ++m) {
+    for (size_t e = 0; e < E; ++e) {
+      const at::Tensor& w = ws[m][e];
+      const at::Tensor& s = ss[m][e];
+      const int64_t fmt = m < 2 ? moe_format_of(w, s, inter, D, x, names[m], e)
+                                : moe_format_of(w, s, D, inter, x, names[m], e);
+      const bool quant = fmt == cuda::kMoeFormatFp8 || fmt == cuda::kMoeFormatFp4;
+      host[m * E + e] = reinterpret_cast<int64_t>(w.data_ptr());
+      host[3 * E + m * E + e] = quant ? reinterpret_cast<int64_t>(s.data_ptr()) : 0;
+      host[6 * E + m * E + e] = fmt;
+      if (m < 2) {
+        quant_w13 = quant_w13 || quant;
+      } else {
+        quant_w2 = quant_w2 || quant;
+      }
+      tensor_cores &= (quant || fmt == cuda::kMoeFormatBf16) && reinterpret_cast<uintptr_t>(w.data_ptr()) % 16 == 0;
+    }
+  }
+  for (size_t e = 0; e < E; ++e) {
+    TORCH_CHECK(host[6 * E + e] == host[7 * E + e], "moe_experts: w1[", e, "] and w3[", e, "] must share a format");
+  }
+  const at::Tensor table = moe_table(host, x.device());
+
+  at::Tensor out = at::empty({T, D}, x.options().dtype(at::kFloat));
+  cuda::MoeArgs a{};
+  a.x = x.data_ptr();
+  a.weights = weights.data_ptr<float>();
+  a.picks = picks.data_ptr<int64_t>();
+  a.table = table.data_ptr<int64_t>();
+  a.out = out.data_ptr<float>();
+  a.T = T;
+  a.D = static_cast<int>(D);
+  a.inter = static_cast<int>(inter);
+  a.k = static_cast<int>(k);
+  a.E = static_cast<int>(E);
+  a.limit = static_cast<float>(limit);
+  a.act_quant = act_quant;
+  a.x_bf16 = x_bf16;
+  a.round_bf16 = bf16;
+  a.quant_w13 = quant_w13;
+  a.quant_w2 = quant_w2;
+  a.path = !tensor_cores ? cuda::MoePath::kSimt : T <= 32 ? cuda::MoePath::kGemv : cuda::MoePath::kGemm;
+  const auto bytes = static_cast<int64_t>(cuda::moe_workspace_bytes(a));
+  at::Tensor workspace = at::empty({bytes}, x.options().dtype(at::kByte));
+  check_launch(cuda::moe_experts(a, workspace.data_ptr(), current_stream()), "moe_experts");
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(v4cli, CUDA, m) { m.impl("moe_experts", &moe_experts_cuda); }
+
 // ---- attention: sparse_attention, indexer_scores --------------------------------------------------------------
 
 // ---- pointwise: hc_sinkhorn, rope, hadamard, fp8_round, fp4_round --------------------------------------------

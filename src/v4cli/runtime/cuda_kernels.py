@@ -15,8 +15,9 @@ import torch
 
 from . import kernel_build, ops, ops_ref
 
-SOURCES = ("cuda/registration.cpp", "cuda/norm.cu")
-HEADERS = ("cuda/launch.h", "cuda/quant.cuh")
+SOURCES = ("cuda/registration.cpp", "cuda/norm.cu", "cuda/moe.cu", "cuda/moe_gemm.cu", "cuda/moe_gemv.cu",
+           "cuda/moe_simt.cu")
+HEADERS = ("cuda/launch.h", "cuda/quant.cuh", "cuda/moe.cuh")
 _built = False
 
 
@@ -84,6 +85,17 @@ _FLOATS = (torch.float32, torch.bfloat16)
 # ---- linear: fp8_linear, fp4_linear, dense_linear --------------------------------------------------------------
 
 # ---- moe: moe_experts -------------------------------------------------------------------------------------------
+
+def moe_experts(x: torch.Tensor, weights: torch.Tensor, picks: torch.Tensor, w1: list[torch.Tensor],
+                s1: list[torch.Tensor], w3: list[torch.Tensor], s3: list[torch.Tensor], w2: list[torch.Tensor],
+                s2: list[torch.Tensor], limit: float, act_quant: bool) -> torch.Tensor:
+    # The lists are checked in C++ (every expert's device, dtype and shape: cheap there, not here); the kernel's
+    # table of their pointers is cached there by content, so a step copies nothing to the device.
+    if x.dtype not in _FLOATS or not w1 or not w2 or not _same_device(x, weights, picks, w1[0], w2[-1]):
+        return ops_ref.moe_experts(x, weights, picks, w1, s1, w3, s3, w2, s2, limit, act_quant)
+    return torch.ops.v4cli.moe_experts(x.contiguous(), weights.float().contiguous(), picks.long().contiguous(), w1, s1,
+                                       w3, s3, w2, s2, float(limit), bool(act_quant), x.dtype == torch.bfloat16)
+
 
 # ---- attention: sparse_attention, indexer_scores --------------------------------------------------------------
 
