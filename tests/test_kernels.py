@@ -124,17 +124,18 @@ def test_dense_linear_matches_twin(built, dtype):
 
 
 def test_bfloat16_head_gives_the_float32_upcast_logits(built):
-    """The head stays BF16 as stored; with float32 inputs its logits are float32 and equal, bit for bit, the
-    kernel's product with the weight widened to float32 first (widening is exact, the sums run in the same
-    order), and the twin's float32 product to float32 rounding."""
+    """The head stays BF16 as stored; with float32 inputs its logits are float32 and equal the product with
+    the weight widened to float32 first (widening is exact) to float32 rounding: the kernel's own float32
+    path (the same sums, in the same order, except on AVX2, which adds a block's even then odd inputs) and the
+    twin's float32 product."""
     g = torch.Generator().manual_seed(11)
     weight = (torch.randn(3001, 256, generator=g) * 256**-0.5).bfloat16()
     for rows in (1, 2, 5, 33):
         x = torch.randn(rows, 256, generator=g)
         got = kernels.dense_linear(x, weight)
         assert got.dtype == torch.float32
-        assert torch.equal(got, kernels.dense_linear(x, weight.float()))
-        _close(got, x @ weight.float().t(), 1e-5)
+        _close(got, kernels.dense_linear(x, weight.float()), 1e-6)
+        _close(got, x @ weight.float().t(), 1e-6)
         assert torch.equal(ops_ref.dense_linear(x, weight), torch.nn.functional.linear(x, weight.float()))
 
 

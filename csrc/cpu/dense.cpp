@@ -7,10 +7,10 @@
 // for more, so row i of an M-row product changes with M (bitwise, by an ulp or two). With the model's
 // FP8 rounding on, an ulp in one row flips a rounding and cascades into another token, so a request in a
 // batch would not generate what it generates alone. Here every output y[m, n] is one dot product of
-// x[m] and W[n] summed in one fixed order (16 lanes, each lane k = j, j+16, ... in turn with FMAs, then
-// a fixed tree over the lanes), whatever M, the tile the output falls in, or the thread that runs it.
-// Tiles of 4 input rows x 4 weight rows keep 16 accumulators in registers, so W is read once for every
-// 4 input rows (once for the whole batch up to 4 rows, from cache after that).
+// x[m] and W[n] summed in one fixed order (L lanes, each lane k = j, j+L, ... in turn with FMAs, then a
+// fixed tree over the lanes; L = 16, or 8 with AVX2), whatever M, the tile the output falls in, or the
+// thread that runs it. Register tiles of 4 input rows x 4 weight rows (2 x 4 with AVX2) read W once for
+// every tile of input rows (once for a decode batch that fits one, from cache after that).
 
 #include <c10/util/BFloat16.h>
 
@@ -20,7 +20,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -30,38 +30,57 @@
 namespace v4cli {
 namespace {
 
+// One accumulator vector per output: 16 lanes with AVX-512 (and the portable build), 8 with AVX2, where a
+// 16-lane vector would be split in two and its tile would not fit the 16 registers.
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+#define V4_DENSE_AVX2 1
+constexpr int64_t kLanes = 8;
+constexpr int kTileRows = 2;     // 2 input rows x 4 weight rows: 8 accumulators + 2 inputs + 4 weights
+#else
 constexpr int64_t kLanes = 16;
 constexpr int kTileRows = 4;     // input rows per register tile
+#endif
 constexpr int kTileCols = 4;     // weight rows (outputs) per register tile
+#if defined(V4_DENSE_AVX2)
+constexpr int kSingleRowCols = 8;  // one input row (decode): 8 weight rows at a time, more loads in flight
+#else
+constexpr int kSingleRowCols = kTileCols;
+#endif
 constexpr int64_t kBlockRows = 64;  // input rows per task (their x stays in L2 across the task's weight rows)
 constexpr int64_t kBlockCols = 64;  // weight rows per task
 
 typedef float vec16 __attribute__((vector_size(64)));
 typedef float vec8 __attribute__((vector_size(32)));
 typedef float vec4 __attribute__((vector_size(16)));
-typedef uint16_t u16x16 __attribute__((vector_size(32)));
-typedef uint32_t u32x16 __attribute__((vector_size(64)));
+typedef float vecN __attribute__((vector_size(kLanes * 4)));
+typedef uint16_t u16xN __attribute__((vector_size(kLanes * 2)));
+typedef uint32_t u32xN __attribute__((vector_size(kLanes * 4)));
 
-inline vec16 load(const float* p) {
-  vec16 v;
+inline vecN load(const float* p) {
+  vecN v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
 
 // bfloat16 -> float32 is exact: the 16 bits are the float's upper half.
-inline vec16 load(const uint16_t* p) {
-  u16x16 h;
+inline vecN load(const uint16_t* p) {
+#if defined(V4_DENSE_AVX2)
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return (vecN)_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+#else
+  u16xN h;
   std::memcpy(&h, p, sizeof h);
-  const u32x16 w = __builtin_convertvector(h, u32x16) << 16;
-  vec16 v;
+  const u32xN w = __builtin_convertvector(h, u32xN) << 16;
+  vecN v;
   std::memcpy(&v, &w, sizeof v);
   return v;
+#endif
 }
 
-// The last len < 16 values, zero beyond: their lanes then add fma(0, 0, acc) = acc.
-inline vec16 load_tail(const float* p, int64_t len) {
+// The last len < kLanes values, zero beyond: their lanes then add fma(0, 0, acc) = acc.
+inline vecN load_tail(const float* p, int64_t len) {
 #if defined(__AVX512F__)
-  return (vec16)_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << len) - 1), p);
+  return (vecN)_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << len) - 1), p);
 #else
   float buf[kLanes] = {};
   for (int64_t i = 0; i < len; ++i) buf[i] = p[i];
@@ -69,17 +88,19 @@ inline vec16 load_tail(const float* p, int64_t len) {
 #endif
 }
 
-inline vec16 load_tail(const uint16_t* p, int64_t len) {
+inline vecN load_tail(const uint16_t* p, int64_t len) {
   uint16_t buf[kLanes] = {};
   for (int64_t i = 0; i < len; ++i) buf[i] = p[i];
   return load(buf);
 }
 
-// acc + a * b with one rounding, written out on AVX-512 so no compiler choice can change the result;
+// acc + a * b with one rounding, written out on AVX-512 and AVX2 so no compiler choice can change the result;
 // elsewhere the compiler contracts it to an FMA where the target has one (GCC's default for C++).
-inline vec16 fmadd(vec16 a, vec16 b, vec16 acc) {
+inline vecN fmadd(vecN a, vecN b, vecN acc) {
 #if defined(__AVX512F__)
-  return (vec16)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)acc);
+  return (vecN)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)acc);
+#elif defined(V4_DENSE_AVX2)
+  return (vecN)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)acc);
 #else
   return a * b + acc;
 #endif
@@ -89,30 +110,32 @@ inline vec16 fmadd(vec16 a, vec16 b, vec16 acc) {
 // 4x4 tile then issues 20 loads for its 16 FMAs instead of 8.
 template <typename V>
 inline V in_register(V v) {
-#if defined(__AVX512F__) && defined(__GNUC__)
-  asm("" : "+v"(v));
+#if (defined(__AVX512F__) || defined(V4_DENSE_AVX2)) && defined(__GNUC__)
+  asm("" : "+x"(v));
 #endif
   return v;
 }
 
-// Lanes summed in a fixed tree: l + (l+8), then + (l+4), + (l+2), + (l+1), as vector halves.
+// Lanes summed in a fixed tree: l + (l+8) (16 lanes), then + (l+4), + (l+2), + (l+1), as vector halves.
+inline float hsum4(vec4 c) { return (c[0] + c[2]) + (c[1] + c[3]); }
+inline float hsum(vec8 a) {
+  vec4 c, d;
+  std::memcpy(&c, &a, sizeof c);
+  std::memcpy(&d, reinterpret_cast<const char*>(&a) + sizeof c, sizeof d);
+  return hsum4(c + d);
+}
 inline float hsum(vec16 v) {
   vec8 a, b;
   std::memcpy(&a, &v, sizeof a);
   std::memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof a, sizeof b);
-  a += b;
-  vec4 c, d;
-  std::memcpy(&c, &a, sizeof c);
-  std::memcpy(&d, reinterpret_cast<const char*>(&a) + sizeof c, sizeof d);
-  c += d;
-  return (c[0] + c[2]) + (c[1] + c[3]);
+  return hsum(a + b);
 }
 
 inline void widen_rows(const float*, int64_t, float*) {}
 inline void widen_rows(const uint16_t* w, int64_t len, float* out) {
   int64_t i = 0;
   for (; i + kLanes <= len; i += kLanes) {
-    const vec16 v = load(w + i);
+    const vecN v = load(w + i);
     std::memcpy(out + i, &v, sizeof v);
   }
   for (; i < len; ++i) out[i] = c10::BFloat16(w[i], c10::BFloat16::from_bits());
@@ -124,19 +147,19 @@ inline void store(uint16_t* p, float v) { *p = c10::BFloat16(v).x; }  // round t
 // y[r, c] = x[r] . w[c] for RM input rows and RN weight rows (strides ldx, ldw, ldy).
 template <int RM, int RN, typename TW, typename TY>
 void tile(const float* x, int64_t ldx, const TW* w, int64_t ldw, int64_t k, TY* y, int64_t ldy) {
-  vec16 acc[RM][RN];
+  vecN acc[RM][RN];
   for (int r = 0; r < RM; ++r)
-    for (int c = 0; c < RN; ++c) acc[r][c] = vec16{};
+    for (int c = 0; c < RN; ++c) acc[r][c] = vecN{};
   int64_t i = 0;
   for (; i + kLanes <= k; i += kLanes) {
-    vec16 xv[RM], wv[RN];
+    vecN xv[RM], wv[RN];
     for (int r = 0; r < RM; ++r) xv[r] = in_register(load(x + r * ldx + i));
     for (int c = 0; c < RN; ++c) wv[c] = in_register(load(w + c * ldw + i));
     for (int r = 0; r < RM; ++r)
       for (int c = 0; c < RN; ++c) acc[r][c] = fmadd(xv[r], wv[c], acc[r][c]);
   }
   if (i < k) {
-    vec16 xv[RM], wv[RN];
+    vecN xv[RM], wv[RN];
     for (int r = 0; r < RM; ++r) xv[r] = load_tail(x + r * ldx + i, k - i);
     for (int c = 0; c < RN; ++c) wv[c] = load_tail(w + c * ldw + i, k - i);
     for (int r = 0; r < RM; ++r)
@@ -177,8 +200,73 @@ void tile(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t ldw, int64_
 }
 #endif
 
+#if defined(V4_DENSE_AVX2)
+constexpr int64_t kPairBlock = 16;  // bfloat16 weights per 32-byte load: 8 even and 8 odd ones
+
+// AVX2 widens bfloat16 without a shuffle: a 32-bit lane holding the pair (w[2j], w[2j+1]) gives w[2j] by a
+// shift and w[2j+1] by a mask, two cheap ops for 16 weights (vpmovzxwd per 8 made the head compute-bound at
+// a fifth of the bandwidth). The input comes split the same way (`split_pairs`), and each output adds its
+// even then its odd products lane by lane, in this one order for every row count.
+template <int RM, int RN, typename TY>
+void tile(const float* x, int64_t ldx, const uint16_t* w, int64_t ldw, int64_t k, TY* y, int64_t ldy) {
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  __m256 acc[RM][RN];
+  for (int r = 0; r < RM; ++r)
+    for (int c = 0; c < RN; ++c) acc[r][c] = _mm256_setzero_ps();
+  auto step = [&](const __m256i* wv, int64_t i) {
+    __m256 xe[RM], xo[RM];
+    for (int r = 0; r < RM; ++r) {
+      xe[r] = in_register(_mm256_loadu_ps(x + r * ldx + i));
+      xo[r] = in_register(_mm256_loadu_ps(x + r * ldx + i + 8));
+    }
+    for (int c = 0; c < RN; ++c) {
+      const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(wv[c], 16));
+      const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(wv[c], high));
+      for (int r = 0; r < RM; ++r) acc[r][c] = _mm256_fmadd_ps(xo[r], wo, _mm256_fmadd_ps(xe[r], we, acc[r][c]));
+    }
+  };
+  int64_t i = 0;
+  for (; i + kPairBlock <= k; i += kPairBlock) {
+    __m256i wv[RN];
+    for (int c = 0; c < RN; ++c) wv[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c * ldw + i));
+    step(wv, i);
+  }
+  if (i < k) {  // zeros past the end (in the weights here, in the split input) add nothing
+    __m256i wv[RN];
+    for (int c = 0; c < RN; ++c) {
+      uint16_t buf[kPairBlock] = {};
+      std::memcpy(buf, w + c * ldw + i, (k - i) * sizeof(uint16_t));
+      wv[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(buf));
+    }
+    step(wv, i);
+  }
+  for (int r = 0; r < RM; ++r)
+    for (int c = 0; c < RN; ++c) store(y + r * ldy + c, hsum((vec8)acc[r][c]));
+}
+
+// Rows of x [m, k] with each block of 16 inputs reordered as the tile reads its weights: the 8 even inputs,
+// then the 8 odd ones; zeros to a whole block.
+std::vector<float> split_pairs(const float* x, int64_t m_rows, int64_t k, int64_t* ld) {
+  *ld = (k + kPairBlock - 1) / kPairBlock * kPairBlock;
+  std::vector<float> out(m_rows * *ld, 0.f);
+  for (int64_t m = 0; m < m_rows; ++m)
+    for (int64_t i = 0; i < k; ++i) {
+      const int64_t b = i / kPairBlock * kPairBlock, j = i - b;
+      out[m * *ld + b + (j % 2) * 8 + j / 2] = x[m * k + i];
+    }
+  return out;
+}
+#endif
+
 template <int RM, typename TX, typename TW, typename TY>
 void tile_cols(int rn, const TX* x, int64_t ldx, const TW* w, int64_t ldw, int64_t k, TY* y, int64_t ldy) {
+  if constexpr (kSingleRowCols > kTileCols && RM == 1) {
+    if (rn == kSingleRowCols) return tile<1, kSingleRowCols>(x, ldx, w, ldw, k, y, ldy);
+    if (rn > kTileCols) {
+      tile<1, kTileCols>(x, ldx, w, ldw, k, y, ldy);
+      return tile_cols<1>(rn - kTileCols, x, ldx, w + kTileCols * ldw, ldw, k, y + kTileCols, ldy);
+    }
+  }
   switch (rn) {
     case 4: return tile<RM, 4>(x, ldx, w, ldw, k, y, ldy);
     case 3: return tile<RM, 3>(x, ldx, w, ldw, k, y, ldy);
@@ -210,25 +298,40 @@ void dense_rows(const TX* x, const T* w, TY* y, int64_t m_rows, int64_t n_out, i
   const int64_t grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(1, task));
   // bfloat16 weights serving several row tiles are widened once per weight tile, not once per row tile.
   // (Not with vdpbf16ps, which reads bfloat16 as it is.)
-  const bool widen = std::is_same<TX, float>::value && !std::is_same<T, float>::value && m_rows > kTileRows;
+  // (Not with vdpbf16ps, which reads bfloat16 as it is, nor with AVX2, whose tile widens for free.)
+#if defined(V4_DENSE_AVX2)
+  constexpr bool widen_any = false;
+  int64_t ldx = k;
+  std::vector<float> split;
+  if constexpr (std::is_same<TX, float>::value && std::is_same<T, uint16_t>::value) {
+    split = split_pairs(x, m_rows, k, &ldx);
+    x = split.data();
+  }
+#else
+  constexpr bool widen_any = true;
+  const int64_t ldx = k;
+#endif
+  const bool widen =
+      widen_any && std::is_same<TX, float>::value && !std::is_same<T, float>::value && m_rows > kTileRows;
   parallel_tasks(row_blocks * col_blocks, grain, [&](int64_t t0, int64_t t1) {
     std::vector<float> wide(widen ? kTileCols * k : 0);
     for (int64_t t = t0; t < t1; ++t) {
       // Weight blocks outermost: consecutive tasks share the block of input rows and stream W.
       const int64_t m0 = (t % row_blocks) * kBlockRows, n0 = (t / row_blocks) * kBlockCols;
       const int64_t m1 = std::min(m_rows, m0 + kBlockRows), n1 = std::min(n_out, n0 + kBlockCols);
-      for (int64_t n = n0; n < n1; n += kTileCols) {
-        const int rn = static_cast<int>(std::min<int64_t>(kTileCols, n1 - n));
+      const int64_t cols = m_rows == 1 ? kSingleRowCols : kTileCols;
+      for (int64_t n = n0; n < n1; n += cols) {
+        const int rn = static_cast<int>(std::min<int64_t>(cols, n1 - n));
         if (widen) widen_rows(w + n * k, rn * k, wide.data());
         for (int64_t m = m0; m < m1; m += kTileRows) {
           const int rm = static_cast<int>(std::min<int64_t>(kTileRows, m1 - m));
           if constexpr (std::is_same<TX, float>::value) {
             if (widen) {
-              any_tile(rm, rn, x + m * k, k, wide.data(), k, k, y + m * n_out + n, n_out);
+              any_tile(rm, rn, x + m * ldx, ldx, wide.data(), k, k, y + m * n_out + n, n_out);
               continue;
             }
           }
-            any_tile(rm, rn, x + m * k, k, w + n * k, k, k, y + m * n_out + n, n_out);
+            any_tile(rm, rn, x + m * ldx, ldx, w + n * k, k, k, y + m * n_out + n, n_out);
         }
       }
     }
