@@ -1,5 +1,6 @@
-// The row-wise ops around attention and mHC on the GPU (the twins: ops_ref.hc_sinkhorn, rope, hadamard, fp8_round,
-// fp4_round). All are memory- or latency-bound: a few MB a call at most, called ~100 times a decode step.
+// The row-wise ops around attention and mHC on the GPU (the twins: ops_ref.hc_sinkhorn, rope, hadamard; the
+// roundings fp8_round/fp4_round are rounding.cu). All are memory- or latency-bound: a few MB a call at most, called
+// ~100 times a decode step.
 //
 // hc_sinkhorn: for n = 2 or 4 (the model's), n*n lanes per token, lane (i, j) holding comb[i, j]; a row's sums
 // are shuffles among its n lanes, a column's among the n lanes n apart, so each of the 2*iters - 1 rounds is a
@@ -9,8 +10,6 @@
 // rotated as pairs; rows whose widths do not split into such vectors go one element a thread.
 // hadamard: one warp per row (rows under 32 values: d lanes each), lane k holding the values k*E..k*E+E-1:
 // butterflies of span under E inside the lane, the others between lanes (__shfl_xor_sync).
-// fp8_round/fp4_round: one thread per 16 bytes, the lanes of one scale block reduce its amax by shuffles; widths
-// that do not split into such groups run one thread per block. The roundings are quant.cuh's (bit-exact twins).
 //
 // float32 math throughout; the rotations round each product and sum as the twins do (no FMA contraction), and
 // results are rounded once to x's dtype.
@@ -21,57 +20,18 @@
 #include <cstdint>
 
 #include "launch.h"
-#include "quant.cuh"
+#include "pointwise.cuh"
 
 namespace v4cli::cuda {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr unsigned kFull = 0xffffffffu;
-
-__device__ inline float to_float(float v) { return v; }
-__device__ inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ inline T from_float(float v);
-template <>
-__device__ inline float from_float<float>(float v) { return v; }
-template <>
-__device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
-template <int Bytes>
-struct RawOf;
-template <>
-struct RawOf<16> { using type = uint4; };
-template <>
-struct RawOf<8> { using type = uint2; };
-template <>
-struct RawOf<4> { using type = uint32_t; };
-template <>
-struct RawOf<2> { using type = uint16_t; };
-
-// E consecutive values of T at p (aligned to min(E * sizeof(T), 16) bytes), in vector accesses of up to 16 bytes.
-template <typename T, int E>
-struct Chunk {
-  static constexpr int kBytes = E * static_cast<int>(sizeof(T));
-  static constexpr int kPiece = kBytes < 16 ? kBytes : 16;
-  using Raw = typename RawOf<kPiece>::type;
-  alignas(16) T v[E];
-
-  __device__ inline void load(const T* p) {
-#pragma unroll
-    for (int i = 0; i < kBytes / kPiece; ++i) reinterpret_cast<Raw*>(v)[i] = reinterpret_cast<const Raw*>(p)[i];
-  }
-  __device__ inline void store(T* p) const {
-#pragma unroll
-    for (int i = 0; i < kBytes / kPiece; ++i) reinterpret_cast<Raw*>(p)[i] = reinterpret_cast<const Raw*>(v)[i];
-  }
-};
-
-inline unsigned blocks_for(int64_t threads, int per_block = kThreads) {
-  return static_cast<unsigned>((threads + per_block - 1) / per_block);
-}
-
-bool aligned(const void* p, int64_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+using pointwise::aligned;
+using pointwise::blocks_for;
+using pointwise::Chunk;
+using pointwise::from_float;
+using pointwise::kFull;
+using pointwise::kThreads;
+using pointwise::to_float;
 
 // ---- hc_sinkhorn ------------------------------------------------------------------------------------------------
 
@@ -316,87 +276,6 @@ cudaError_t launch_hadamard(const T* x, T* y, int64_t rows, int64_t d, float nor
   return cudaGetLastError();
 }
 
-// ---- fp8_round, fp4_round ---------------------------------------------------------------------------------------
-
-// amax that keeps a NaN, as torch's amax does (fmaxf drops it).
-__device__ inline float max_nan(float a, float b) { return (b > a || b != b) ? b : a; }
-
-// The block's scale; an infinite or NaN amax is the scale itself, as the twin's log2/exp2 make it (so that the
-// block comes out NaN as there).
-template <bool kFp8>
-__device__ inline float block_scale(float amax) {
-  if (!isfinite(amax)) return amax;
-  return kFp8 ? fp8_block_scale(amax) : fp4_block_scale(amax);
-}
-
-template <bool kFp8>
-__device__ inline float round_scaled(float v, float s) {
-  return kFp8 ? fp8_round_scaled(v, s) : fp4_round_scaled(v, s);
-}
-
-// V values a thread, `group` lanes (a power of two up to 32) per block of group * V values; each row of d values
-// (d a multiple of V) takes `slots` threads, a multiple of group, so that groups never straddle rows or warps.
-template <typename T, int V, bool kFp8>
-__global__ void __launch_bounds__(kThreads) round_vec_kernel(const T* x, T* y, int64_t rows, int64_t d,
-                                                             int64_t width, int group, int64_t slots) {
-  const int64_t g = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  const int64_t r = g / slots, c = (g % slots) * V;
-  const bool live = r < rows && c < d, rounds = c < width;  // `rounds` is the same across a group
-  Chunk<T, V> chunk;
-  if (live) chunk.load(x + r * d + c);
-  float v[V], amax = 0.f;
-#pragma unroll
-  for (int i = 0; i < V; ++i) {
-    v[i] = to_float(chunk.v[i]);
-    if (live && rounds) amax = max_nan(amax, fabsf(v[i]));
-  }
-  for (int m = 1; m < group; m *= 2) amax = max_nan(amax, __shfl_xor_sync(kFull, amax, m));
-  if (!live) return;
-  if (rounds) {
-    const float s = block_scale<kFp8>(amax);
-#pragma unroll
-    for (int i = 0; i < V; ++i) chunk.v[i] = from_float<T>(round_scaled<kFp8>(v[i], s));
-  }
-  chunk.store(y + r * d + c);
-}
-
-// One thread per block of a row (any block size); the values past width copied by the row's threads in turn.
-template <typename T, bool kFp8>
-__global__ void __launch_bounds__(kThreads) round_block_kernel(const T* x, T* y, int64_t rows, int64_t d,
-                                                               int64_t width, int64_t block, int64_t units) {
-  const int64_t g = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (g >= rows * units) return;
-  const int64_t r = g / units, u = g % units;
-  const T* xr = x + r * d;
-  T* yr = y + r * d;
-  if (u < width / block) {
-    const T* xb = xr + u * block;
-    float amax = 0.f;
-    for (int64_t j = 0; j < block; ++j) amax = max_nan(amax, fabsf(to_float(xb[j])));
-    const float s = block_scale<kFp8>(amax);
-    for (int64_t j = 0; j < block; ++j) yr[u * block + j] = from_float<T>(round_scaled<kFp8>(to_float(xb[j]), s));
-  }
-  for (int64_t j = width + u; j < d; j += units) yr[j] = xr[j];
-}
-
-template <typename T, bool kFp8>
-cudaError_t launch_round(const T* x, T* y, int64_t rows, int64_t d, int64_t width, int64_t block,
-                         cudaStream_t stream) {
-  constexpr int kVec = 16 / sizeof(T);
-  const int64_t group = block / kVec;
-  if (block % kVec == 0 && group <= 32 && (group & (group - 1)) == 0 && d % kVec == 0 && aligned(x, 16) &&
-      aligned(y, 16)) {
-    const int64_t slots = (d / kVec + group - 1) / group * group;
-    round_vec_kernel<T, kVec, kFp8><<<blocks_for(rows * slots), kThreads, 0, stream>>>(
-        x, y, rows, d, width, static_cast<int>(group), slots);
-  } else {
-    const int64_t units = width / block > 0 ? width / block : 1;
-    round_block_kernel<T, kFp8><<<blocks_for(rows * units), kThreads, 0, stream>>>(x, y, rows, d, width, block,
-                                                                                    units);
-  }
-  return cudaGetLastError();
-}
-
 }  // namespace
 
 cudaError_t hc_sinkhorn(const float* mixes, const float* scale, const float* base, float* pre, float* post,
@@ -439,35 +318,12 @@ cudaError_t hadamard(const void* x, void* y, int64_t rows, int64_t d, bool bf16,
   if (d < 1 || d > kHadamardMaxDim || (d & (d - 1)) != 0 || !aligned(x, 16) || !aligned(y, 16)) {
     return cudaErrorInvalidValue;
   }
-  const float norm = static_cast<float>(1.0 / sqrt(static_cast<double>(d)));  // the twin's d**-0.5 as a float
+  const float norm = static_cast<float>(pow(static_cast<double>(d), -0.5));  // the twin's d**-0.5, as a float
   if (bf16) {
     return launch_hadamard(static_cast<const __nv_bfloat16*>(x), static_cast<__nv_bfloat16*>(y), rows, d, norm,
                            stream);
   }
   return launch_hadamard(static_cast<const float*>(x), static_cast<float*>(y), rows, d, norm, stream);
-}
-
-cudaError_t fp8_round(const void* x, void* y, int64_t rows, int64_t d, int64_t width, int64_t block, bool bf16,
-                      cudaStream_t stream) {
-  if (rows * d == 0) return cudaSuccess;
-  if (block < 1 || width < 0 || width > d || width % block != 0) return cudaErrorInvalidValue;
-  if (bf16) {
-    return launch_round<__nv_bfloat16, true>(static_cast<const __nv_bfloat16*>(x), static_cast<__nv_bfloat16*>(y),
-                                             rows, d, width, block, stream);
-  }
-  return launch_round<float, true>(static_cast<const float*>(x), static_cast<float*>(y), rows, d, width, block,
-                                   stream);
-}
-
-cudaError_t fp4_round(const void* x, void* y, int64_t rows, int64_t d, int64_t block, bool bf16,
-                      cudaStream_t stream) {
-  if (rows * d == 0) return cudaSuccess;
-  if (block < 1 || d % block != 0) return cudaErrorInvalidValue;
-  if (bf16) {
-    return launch_round<__nv_bfloat16, false>(static_cast<const __nv_bfloat16*>(x), static_cast<__nv_bfloat16*>(y),
-                                              rows, d, d, block, stream);
-  }
-  return launch_round<float, false>(static_cast<const float*>(x), static_cast<float*>(y), rows, d, d, block, stream);
 }
 
 }  // namespace v4cli::cuda
