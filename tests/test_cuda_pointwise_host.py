@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ from v4cli.runtime import ops_ref
 from v4cli.runtime.kernel_build import CSRC
 
 CXX = shutil.which("g++") or shutil.which("c++")
-pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler")
+pytestmark = [pytest.mark.skipif(CXX is None, reason="no C++ compiler"),
+              pytest.mark.skipif(sys.platform != "linux", reason="the stand-in's fibers are glibc's ucontext")]
 HERE = Path(__file__).parent / "cuda"
 LAUNCH = re.compile(r"<<<(.*?)>>>\(", re.S)
 
