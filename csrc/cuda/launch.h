@@ -43,6 +43,28 @@ cudaError_t moe_experts(const MoeArgs& a, void* workspace, cudaStream_t stream);
 // ---- attention.cu: sparse_attention, indexer_scores -----------------------------------------------------------
 
 // ---- pointwise.cu: hc_sinkhorn, rope, hadamard, fp8_round, fp4_round -----------------------------------------
+constexpr int kSinkhornMaxStreams = 8;  // hc_sinkhorn's largest n
+constexpr int64_t kHadamardMaxDim = 1024; // hadamard's largest d (a warp's registers hold the row)
+// mHC's weights from the mixing logits mixes [T, (2+n)n] (scale [3], base [(2+n)n], all float32 on the device):
+// pre [T, n], post [T, n], comb [T, n, n], as ops_ref.hc_sinkhorn.
+cudaError_t hc_sinkhorn(const float* mixes, const float* scale, const float* base, float* pre, float* post,
+                        float* comb, int64_t tokens, int n, int iters, float eps, cudaStream_t stream);
+// Interleaved RoPE on the last 2 * half of each row of x [rows, per_row, width] by row's cos/sin [rows, half]
+// (float32); `inverse` rotates back. The other values copied into y.
+cudaError_t rope(const void* x, const float* cos, const float* sin, void* y, int64_t rows, int64_t per_row,
+                 int64_t width, int64_t half, bool inverse, bool bf16, cudaStream_t stream);
+// Orthonormal Walsh-Hadamard transform (Sylvester order) of each row of x [rows, d], d a power of two up to
+// kHadamardMaxDim; x and y 16-byte aligned.
+cudaError_t hadamard(const void* x, void* y, int64_t rows, int64_t d, bool bf16, cudaStream_t stream);
+// The first `width` values of each row of x [rows, d] rounded to e4m3 in blocks of `block` with UE8M0 scales
+// (quant.fp8_round_blocks; width a multiple of block), the rest copied.
+cudaError_t fp8_round(const void* x, void* y, int64_t rows, int64_t d, int64_t width, int64_t block, bool bf16,
+                      cudaStream_t stream);
+// Each row of x [rows, d] rounded to e2m1 in blocks of `block` (d a multiple of it) with UE8M0 scales
+// (quant.fp4_round_blocks).
+cudaError_t fp4_round(const void* x, void* y, int64_t rows, int64_t d, int64_t block, bool bf16,
+                      cudaStream_t stream);
+
 
 // ---- norm.cu: rms_norm, hc_post, and the pieces of hc_pre -----------------------------------------------------
 // y[r] = w * x[r] / sqrt(mean(x[r]^2) + eps) for rows x [rows, d] (float32 w [d]).

@@ -193,6 +193,127 @@ TORCH_LIBRARY_IMPL(v4cli, CUDA, m) { m.impl("moe_experts", &moe_experts_cuda); }
 
 // ---- pointwise: hc_sinkhorn, rope, hadamard, fp8_round, fp4_round --------------------------------------------
 
+namespace {
+
+// x contiguous, float32 or bfloat16, on the current device, and 16-byte aligned (a copy where a view is not).
+at::Tensor rowwise_input(const at::Tensor& x_in, const char* name) {
+  at::Tensor x = x_in.contiguous();
+  if (reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 != 0) x = x.clone();
+  check_cuda(x, name);
+  is_bf16(x, name);
+  return x;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> hc_sinkhorn_cuda(const at::Tensor& mixes_in, const at::Tensor& scale_in,
+                                                                const at::Tensor& base_in, int64_t n, int64_t iters,
+                                                                double eps) {
+  c10::cuda::CUDAGuard guard(mixes_in.device());
+  TORCH_CHECK(n >= 1 && n <= cuda::kSinkhornMaxStreams, "hc_sinkhorn: n must be in 1..", cuda::kSinkhornMaxStreams,
+              ", got ", n);
+  TORCH_CHECK(iters >= 1, "hc_sinkhorn: iters must be at least 1, got ", iters);
+  const int64_t width = (2 + n) * n;
+  TORCH_CHECK(mixes_in.dim() == 2 && mixes_in.size(1) == width, "hc_sinkhorn: mixes must be [T, (2+n)n] = [T, ",
+              width, "], got ", mixes_in.sizes());
+  TORCH_CHECK(scale_in.numel() == 3 && base_in.numel() == width, "hc_sinkhorn: scale must have 3 values and base ",
+              width, ", got ", scale_in.numel(), " and ", base_in.numel());
+  const at::Tensor mixes = mixes_in.to(at::kFloat).contiguous();
+  check_cuda(mixes, "hc_sinkhorn: mixes");
+  // scale and base are read on the device (no host sync); a CPU copy of them moves there first
+  const at::Tensor scale = scale_in.to(mixes.device(), at::kFloat).contiguous();
+  const at::Tensor base = base_in.to(mixes.device(), at::kFloat).contiguous();
+  const int64_t T = mixes.size(0);
+  at::Tensor pre = at::empty({T, n}, mixes.options());
+  at::Tensor post = at::empty({T, n}, mixes.options());
+  at::Tensor comb = at::empty({T, n, n}, mixes.options());
+  check_launch(cuda::hc_sinkhorn(mixes.data_ptr<float>(), scale.data_ptr<float>(), base.data_ptr<float>(),
+                                 pre.data_ptr<float>(), post.data_ptr<float>(), comb.data_ptr<float>(), T,
+                                 static_cast<int>(n), static_cast<int>(iters), static_cast<float>(eps),
+                                 current_stream()),
+               "hc_sinkhorn");
+  return {pre, post, comb};
+}
+
+at::Tensor rope_cuda(const at::Tensor& x_in, const at::Tensor& cos_in, const at::Tensor& sin_in, bool inverse) {
+  c10::cuda::CUDAGuard guard(x_in.device());
+  TORCH_CHECK(x_in.dim() >= 2, "rope: x must be [T, ..., D], got ", x_in.sizes());
+  const at::Tensor x = rowwise_input(x_in, "rope: x");
+  const at::Tensor cos = cos_in.contiguous(), sin = sin_in.contiguous();
+  check_cuda(cos, "rope: cos");
+  check_cuda(sin, "rope: sin");
+  TORCH_CHECK(cos.device() == x.device() && sin.device() == x.device(), "rope: cos and sin must be on x's device");
+  TORCH_CHECK(cos.dim() == 2 && cos.sizes() == sin.sizes() && cos.scalar_type() == at::kFloat &&
+                  sin.scalar_type() == at::kFloat,
+              "rope: cos and sin must be float32 [T, dim/2] tensors");
+  const int64_t rows = x.size(0), width = x.size(-1), half = cos.size(1);
+  TORCH_CHECK(cos.size(0) == rows && 2 * half <= width, "rope: cos/sin ", cos.sizes(), " do not fit x ", x.sizes());
+  at::Tensor y = at::empty_like(x);
+  if (x.numel() == 0) return y;
+  const int64_t per_row = x.numel() / (rows * width);
+  check_launch(cuda::rope(x.data_ptr(), cos.data_ptr<float>(), sin.data_ptr<float>(), y.data_ptr(), rows, per_row,
+                          width, half, inverse, x.scalar_type() == at::kBFloat16, current_stream()),
+               "rope");
+  return y;
+}
+
+at::Tensor hadamard_cuda(const at::Tensor& x_in) {
+  c10::cuda::CUDAGuard guard(x_in.device());
+  TORCH_CHECK(x_in.dim() >= 1, "hadamard: x must have a last dim");
+  const int64_t d = x_in.size(-1);
+  TORCH_CHECK(d > 0 && (d & (d - 1)) == 0 && d <= cuda::kHadamardMaxDim,
+              "hadamard: the last dim must be a power of two up to ", cuda::kHadamardMaxDim, ", got ", d);
+  const at::Tensor x = rowwise_input(x_in, "hadamard: x");
+  at::Tensor y = at::empty_like(x);
+  if (x.numel() == 0) return y;
+  check_launch(cuda::hadamard(x.data_ptr(), y.data_ptr(), x.numel() / d, d, x.scalar_type() == at::kBFloat16,
+                              current_stream()),
+               "hadamard");
+  return y;
+}
+
+void check_blocks(const at::Tensor& x, int64_t block, int64_t width, const char* name) {
+  TORCH_CHECK(x.dim() >= 1, name, ": x must have a last dim");
+  const int64_t d = x.size(-1);
+  TORCH_CHECK(block > 0 && width >= 0 && width <= d && width % block == 0, name, ": the first ", width, " of ", d,
+              " values must be whole blocks of ", block);
+}
+
+at::Tensor fp8_round_cuda(const at::Tensor& x_in, int64_t block, int64_t width) {
+  c10::cuda::CUDAGuard guard(x_in.device());
+  check_blocks(x_in, block, width, "fp8_round");
+  const at::Tensor x = rowwise_input(x_in, "fp8_round: x");
+  at::Tensor y = at::empty_like(x);
+  if (x.numel() == 0) return y;
+  const int64_t d = x.size(-1);
+  check_launch(cuda::fp8_round(x.data_ptr(), y.data_ptr(), x.numel() / d, d, width, block,
+                               x.scalar_type() == at::kBFloat16, current_stream()),
+               "fp8_round");
+  return y;
+}
+
+at::Tensor fp4_round_cuda(const at::Tensor& x_in, int64_t block) {
+  c10::cuda::CUDAGuard guard(x_in.device());
+  check_blocks(x_in, block, x_in.dim() ? x_in.size(-1) : 0, "fp4_round");
+  const at::Tensor x = rowwise_input(x_in, "fp4_round: x");
+  at::Tensor y = at::empty_like(x);
+  if (x.numel() == 0) return y;
+  const int64_t d = x.size(-1);
+  check_launch(cuda::fp4_round(x.data_ptr(), y.data_ptr(), x.numel() / d, d, block, x.scalar_type() == at::kBFloat16,
+                               current_stream()),
+               "fp4_round");
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(v4cli, CUDA, m) {
+  m.impl("hc_sinkhorn", &hc_sinkhorn_cuda);
+  m.impl("rope", &rope_cuda);
+  m.impl("hadamard", &hadamard_cuda);
+  m.impl("fp8_round", &fp8_round_cuda);
+  m.impl("fp4_round", &fp4_round_cuda);
+}
+
+
 // ---- norm: rms_norm, hc_post, hc_pre ---------------------------------------------------------------------------
 
 namespace {

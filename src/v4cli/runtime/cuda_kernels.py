@@ -13,11 +13,11 @@ import functools
 
 import torch
 
-from . import kernel_build, ops, ops_ref
+from . import kernel_build, ops, ops_ref, quant
 
 SOURCES = ("cuda/registration.cpp", "cuda/norm.cu", "cuda/moe.cu", "cuda/moe_gemm.cu", "cuda/moe_gemv.cu",
-           "cuda/moe_simt.cu")
-HEADERS = ("cuda/launch.h", "cuda/quant.cuh", "cuda/moe.cuh")
+           "cuda/moe_simt.cu", "cuda/pointwise.cu", "cuda/rounding.cu")
+HEADERS = ("cuda/launch.h", "cuda/quant.cuh", "cuda/moe.cuh", "cuda/pointwise.cuh")
 _built = False
 
 
@@ -100,6 +100,48 @@ def moe_experts(x: torch.Tensor, weights: torch.Tensor, picks: torch.Tensor, w1:
 # ---- attention: sparse_attention, indexer_scores --------------------------------------------------------------
 
 # ---- pointwise: hc_sinkhorn, rope, hadamard, fp8_round, fp4_round --------------------------------------------
+
+_SINKHORN_MAX_STREAMS = 8  # launch.h kSinkhornMaxStreams
+_HADAMARD_MAX_DIM = 1024  # launch.h kHadamardMaxDim
+
+
+def hc_sinkhorn(mixes: torch.Tensor, scale: torch.Tensor, base: torch.Tensor, n: int, iters: int,
+                eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if (not _same_device(mixes, scale, base) or any(t.dtype not in _FLOATS for t in (mixes, scale, base))
+            or not 1 <= n <= _SINKHORN_MAX_STREAMS or iters < 1 or mixes.dim() != 2):
+        return ops_ref.hc_sinkhorn(mixes, scale, base, n, iters, eps)
+    return torch.ops.v4cli.hc_sinkhorn(mixes, scale, base, n, iters, eps)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    # the twin broadcasts cos/sin of other shapes: only the [T, dim/2] form the model passes runs here
+    if (not _same_device(x, cos, sin) or x.dtype not in _FLOATS or cos.dtype != torch.float32
+            or sin.dtype != torch.float32 or x.dim() < 2 or cos.dim() != 2 or cos.shape != sin.shape
+            or cos.shape[0] != x.shape[0] or 2 * cos.shape[1] > x.shape[-1]):
+        return ops_ref.rope(x, cos, sin, inverse)
+    return torch.ops.v4cli.rope(x, cos, sin, bool(inverse))
+
+
+def hadamard(x: torch.Tensor) -> torch.Tensor:
+    d = x.shape[-1] if x.dim() else 0
+    if x.dtype not in _FLOATS or d < 1 or d & (d - 1) or d > _HADAMARD_MAX_DIM:
+        return ops_ref.hadamard(x)
+    return torch.ops.v4cli.hadamard(x)
+
+
+def fp8_round(x: torch.Tensor, block: int, width: int | None = None) -> torch.Tensor:
+    d = x.shape[-1] if x.dim() else 0
+    w = d if width is None else width
+    if x.dtype not in _FLOATS or x.dim() < 1 or block < 1 or not 0 <= w <= d or w % block:
+        return ops_ref.fp8_round(x, block, width)
+    return torch.ops.v4cli.fp8_round(x, block, w)
+
+
+def fp4_round(x: torch.Tensor, block: int = quant.FP4_BLOCK) -> torch.Tensor:
+    if x.dtype not in _FLOATS or x.dim() < 1 or block < 1 or x.shape[-1] % block:
+        return ops_ref.fp4_round(x, block)
+    return torch.ops.v4cli.fp4_round(x, block)
+
 
 # ---- norm: rms_norm, hc_post, hc_pre ---------------------------------------------------------------------------
 
