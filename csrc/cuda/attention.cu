@@ -233,7 +233,7 @@ template <int DSL, int MT>
 cudaError_t launch_mma(const AttnArgs& a, const MmaShape& m, int splits, float* ws, cudaStream_t stream) {
   const size_t smem = mma_smem_bytes(m, a.D);
   const cudaError_t err =
-      cudaFuncSetAttribute(attn_mma_kernel<DSL, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      attn_smem_opt_in<attn_mma_kernel<DSL, MT>>(smem);
   if (err != cudaSuccess) return err;
   const dim3 grid(static_cast<unsigned>(a.S), static_cast<unsigned>(a.H / (16 * MT)), static_cast<unsigned>(splits));
   attn_mma_kernel<DSL, MT><<<grid, 32 * MT * m.ds, smem, stream>>>(a, splits, ws);

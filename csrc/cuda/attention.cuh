@@ -7,6 +7,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "launch.h"
@@ -73,6 +74,22 @@ constexpr int kAttnTile = 32;  // candidates per online-softmax step (both kerne
 // sink counted there once (attention_simt.cu).
 cudaError_t attn_simt(const AttnArgs& a, int splits, float* ws, cudaStream_t stream);
 cudaError_t attn_combine(const AttnArgs& a, const float* ws, int splits, cudaStream_t stream);
+
+// Opts Kernel in to `bytes` of dynamic shared memory on the current device, once per size it grows to (the
+// attribute call is not free, and a decode step launches these kernels for every layer).
+template <auto Kernel>
+cudaError_t attn_smem_opt_in(size_t bytes) {
+  constexpr int kDevices = 64;
+  static std::atomic<size_t> done[kDevices];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kDevices)
+    return cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (done[dev].load(std::memory_order_relaxed) >= bytes) return cudaSuccess;
+  const cudaError_t err =
+      cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (err == cudaSuccess) done[dev].store(bytes, std::memory_order_relaxed);
+  return err;
+}
 
 // ---- PTX ----------------------------------------------------------------------------------------------------------
 

@@ -149,7 +149,7 @@ cudaError_t launch_simt(const AttnArgs& a, int splits, float* ws, cudaStream_t s
   const int hb = static_cast<int>(a.H < kSimtHeads ? a.H : kSimtHeads);
   const size_t smem = simt_smem_bytes(a.D, hb);
   const cudaError_t err =
-      cudaFuncSetAttribute(attn_simt_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      attn_smem_opt_in<attn_simt_kernel<T>>(smem);
   if (err != cudaSuccess) return err;
   const dim3 grid(static_cast<unsigned>(a.S), static_cast<unsigned>((a.H + hb - 1) / hb), static_cast<unsigned>(splits));
   attn_simt_kernel<T><<<grid, 32 * hb, smem, stream>>>(a, splits, ws, hb);

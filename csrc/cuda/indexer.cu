@@ -182,8 +182,7 @@ cudaError_t launch_mma(const uint16_t* q, const float* w, const uint16_t* keys, 
                        int64_t T, cudaStream_t stream) {
   constexpr int rowb = KS * 16 * 2 + 16;
   const size_t smem = static_cast<size_t>(kKeys) * rowb;  // the keys' tile; later the two q stages (fewer rows)
-  cudaError_t err = cudaFuncSetAttribute(index_mma_kernel<MT, KS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem));
+  cudaError_t err = attn_smem_opt_in<index_mma_kernel<MT, KS>>(smem);
   if (err != cudaSuccess) return err;
   int dev = 0, sms = 132;
   if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
@@ -214,8 +213,7 @@ cudaError_t launch_simt(const void* q, const float* w, const void* keys, float* 
                         int64_t T_, cudaStream_t stream) {
   const int64_t stride = D % 2 == 0 ? D + 1 : D;
   const size_t smem = (H * D + kSimtKeys * stride + kSimtGroups * kSimtKeys) * sizeof(float);
-  const cudaError_t err = cudaFuncSetAttribute(index_simt_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               static_cast<int>(smem));
+  const cudaError_t err = attn_smem_opt_in<index_simt_kernel<T>>(smem);
   if (err != cudaSuccess) return err;
   for (int64_t s0 = 0; s0 < S; s0 += 65535) {  // grid.y's limit
     const int64_t n = S - s0 < 65535 ? S - s0 : 65535;
