@@ -79,15 +79,24 @@ __global__ void __launch_bounds__(32 * kMaxWarps) attn_mma_kernel(AttnArgs a, in
   const AttnRow row = attn_row(a, s);
   int64_t t0, t1;
   attn_split_range(row.K + row.n_vis, NC, z, splits, &t0, &t1);
+  // A tile's NC * D / 8 pieces of 16 bytes are PER per thread exactly (nthreads = 32 * MT * D / DSL): their
+  // candidates' idx entries are all read before the first copy is issued, so the reads overlap.
+  constexpr int PER = DSL / (8 * MT);
   const auto load_tile = [&](int64_t t, int buf) {
     unsigned char* dst = sbuf + buf * NC * rowb;
-    for (int i = tid; i < NC * chunks; i += nthreads) {
-      const int r = i / chunks, c = i % chunks;
+    const uint16_t* src[PER];
+#pragma unroll
+    for (int k = 0; k < PER; ++k) {
+      const int i = tid + k * nthreads, r = i / chunks, c = i % chunks;
       bool dn;
       const int64_t off = attn_cand(a, row, t * NC + r, &dn);
-      const uint16_t* src = off < 0 ? q : (dn ? dense : kv) + off + c * 8;  // q: any mapped address (not read)
-      attn_cp16(dst + r * rowb + c * 16, src, off >= 0);
-      if (c == 0) sValid[buf * NC + r] = off >= 0;
+      src[k] = off < 0 ? nullptr : (dn ? dense : kv) + off + c * 8;
+    }
+#pragma unroll
+    for (int k = 0; k < PER; ++k) {
+      const int i = tid + k * nthreads, r = i / chunks, c = i % chunks;
+      attn_cp16(dst + r * rowb + c * 16, src[k] ? src[k] : q, src[k] != nullptr);  // q: mapped, not read
+      if (c == 0) sValid[buf * NC + r] = src[k] != nullptr;
     }
   };
 
