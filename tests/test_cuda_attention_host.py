@@ -1,7 +1,8 @@
 """The attention kernels' warp-level data flow without a GPU (tests/cuda/attn_host.cu, host code over
 csrc/cuda/attention.cuh): one warp of sparse_attention's tensor-core kernel (q.k logits, the masked online softmax,
 P as the A operand, P V through ldmatrix.trans) and one of indexer_scores' (keys held as B fragments, the weighted
-relu sum over heads and fragment rows), through an emulated ldmatrix and m16n8k16, against float64."""
+relu sum over heads and fragment rows), through an emulated ldmatrix and m16n8k16, against float64; and the
+split of a row's candidates and the combination of the splits' partials."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def attn_host(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return exe
 
 
-@pytest.mark.parametrize("mode", ["attention", "indexer"])
-def test_a_warp_of_the_tensor_core_kernel_matches_float64(attn_host: Path, mode: str) -> None:
+@pytest.mark.parametrize("mode", ["attention", "indexer", "split"])
+def test_the_kernels_steps_match_float64(attn_host: Path, mode: str) -> None:
     r = subprocess.run([str(attn_host), mode], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr

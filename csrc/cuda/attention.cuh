@@ -8,6 +8,7 @@
 #include <cuda_runtime_api.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 
 #include "launch.h"
@@ -66,6 +67,23 @@ __host__ __device__ inline AttnPartial attn_partial(float* ws, int64_t S, int64_
                                                     int64_t h, int splits) {
   const int64_t rows = static_cast<int64_t>(splits) * S * H, r = (static_cast<int64_t>(z) * S + s) * H + h;
   return AttnPartial{ws + r, ws + rows + r, ws + 2 * rows + r * D};
+}
+
+// The combination's factors for (s, h): M = max_z m_z (>= the sink: every split starts there) and 1 / L for
+// L = sum_z e^(m_z - M) l_z + e^(sink - M); split z's output is then weighted by e^(m_z - M) / L.
+struct AttnMerge {
+  float M, inv;
+};
+__host__ __device__ inline AttnMerge attn_merge(const float* ws, int64_t S, int64_t H, int64_t D, int64_t s,
+                                                int64_t h, int splits, float sink) {
+  float M = sink;
+  for (int z = 0; z < splits; ++z) M = fmaxf(M, *attn_partial(const_cast<float*>(ws), S, H, D, z, s, h, splits).m);
+  float L = expf(sink - M);
+  for (int z = 0; z < splits; ++z) {
+    const AttnPartial p = attn_partial(const_cast<float*>(ws), S, H, D, z, s, h, splits);
+    L += *p.l * expf(*p.m - M);
+  }
+  return AttnMerge{M, 1.f / L};
 }
 
 constexpr int kAttnTile = 32;  // candidates per online-softmax step (both kernels: the splits' tile counts agree)

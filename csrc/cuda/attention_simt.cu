@@ -125,14 +125,8 @@ __global__ void __launch_bounds__(32 * kSimtHeads) attn_simt_kernel(AttnArgs a, 
 template <typename T>
 __global__ void attn_combine_kernel(AttnArgs a, const float* ws, int splits) {
   const int64_t r = blockIdx.x, s = r / a.H, h = r % a.H;
-  float M = -INFINITY;
-  for (int z = 0; z < splits; ++z) M = fmaxf(M, *attn_partial(const_cast<float*>(ws), a.S, a.H, a.D, z, s, h, splits).m);
-  float L = expf(a.sink[h] - M);
-  for (int z = 0; z < splits; ++z) {
-    const AttnPartial p = attn_partial(const_cast<float*>(ws), a.S, a.H, a.D, z, s, h, splits);
-    L += *p.l * expf(*p.m - M);
-  }
-  const float inv = 1.f / L;
+  const AttnMerge mg = attn_merge(ws, a.S, a.H, a.D, s, h, splits, a.sink[h]);
+  const float M = mg.M, inv = mg.inv;
   T* out = static_cast<T*>(a.out) + r * a.D;
   for (int64_t d = threadIdx.x; d < a.D; d += blockDim.x) {
     float acc = 0.f;

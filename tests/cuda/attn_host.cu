@@ -3,9 +3,10 @@
 // emulated as PTX defines their fragments, the shuffles as exchanges between lanes. The steps, the ldmatrix
 // addresses (attention.cuh's helpers) and the fragment bookkeeping are the kernels'; the results are compared
 // with float64 references computed here from the same bfloat16 inputs.
-// Usage: attn_host MODE (attention | indexer); prints the relative error, exits 1 past the tolerance.
+// Usage: attn_host MODE (attention | indexer | split); prints the relative error, exits 1 past the tolerance.
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -291,11 +292,77 @@ int indexer() {
   return rel < 1e-2 ? 0 : 1;
 }
 
+// Split candidates: every (ncand, splits) gives disjoint tile ranges covering all tiles, and partials of an online
+// softmax per split (each started at the sink, as the kernels) combined by attn_merge equal one softmax.
+int split() {
+  for (int64_t n = 0; n < 300; n += 7)
+    for (int splits = 1; splits <= 12; ++splits) {
+      int64_t next = 0;
+      for (int z = 0; z < splits; ++z) {
+        int64_t t0, t1;
+        attn_split_range(n, kAttnTile, z, splits, &t0, &t1);
+        if (t0 != next && t1 > t0) return std::printf("split %d of %d for %lld: gap\n", z, splits, (long long)n), 1;
+        if (t1 > t0) next = t1;
+      }
+      if (next != (n + kAttnTile - 1) / kAttnTile) return std::printf("%lld: tiles not covered\n", (long long)n), 1;
+    }
+  constexpr int D = 3, N = 150, SPLITS = 4;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd;
+  std::vector<float> lg(N), v(N * D);
+  for (auto& x : lg) x = 3.f * nd(rng);
+  for (auto& x : v) x = nd(rng);
+  for (int c = 0; c < N; c += 9) lg[c] = -INFINITY;  // skipped
+  const float sink = 1.5f;
+  std::vector<float> ws(SPLITS * (D + 2));
+  for (int z = 0; z < SPLITS; ++z) {
+    int64_t t0, t1;
+    attn_split_range(N, kAttnTile, z, SPLITS, &t0, &t1);
+    float m = sink, l = 0.f, o[D] = {};
+    for (int64_t t = t0; t < t1; ++t) {
+      float mx = m;
+      for (int64_t c = t * kAttnTile; c < std::min<int64_t>(N, (t + 1) * kAttnTile); ++c) mx = std::fmax(mx, lg[c]);
+      const float al = std::exp(m - mx);
+      l *= al;
+      for (float& x : o) x *= al;
+      for (int64_t c = t * kAttnTile; c < std::min<int64_t>(N, (t + 1) * kAttnTile); ++c) {
+        const float p = std::exp(lg[c] - mx);
+        l += p;
+        for (int d = 0; d < D; ++d) o[d] += p * v[c * D + d];
+      }
+      m = mx;
+    }
+    const AttnPartial p = attn_partial(ws.data(), 1, 1, D, z, 0, 0, SPLITS);
+    *p.m = m;
+    *p.l = l;
+    for (int d = 0; d < D; ++d) p.o[d] = o[d];
+  }
+  const AttnMerge mg = attn_merge(ws.data(), 1, 1, D, 0, 0, SPLITS, sink);
+  double mx = sink, den = 0, err = 0, norm = 0;
+  for (float x : lg) mx = std::fmax(mx, x);
+  den = std::exp(sink - mx);
+  for (float x : lg) den += std::exp(x - mx);
+  for (int d = 0; d < D; ++d) {
+    double num = 0, got = 0;
+    for (int c = 0; c < N; ++c) num += std::exp(lg[c] - mx) * v[c * D + d];
+    for (int z = 0; z < SPLITS; ++z) {
+      const AttnPartial p = attn_partial(ws.data(), 1, 1, D, z, 0, 0, SPLITS);
+      got += std::exp(*p.m - mg.M) * p.o[d] * mg.inv;
+    }
+    err += (got - num / den) * (got - num / den);
+    norm += (num / den) * (num / den);
+  }
+  const double rel = std::sqrt(err / norm);
+  std::printf("split rel %.3e\n", rel);
+  return rel < 1e-5 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc == 2 && std::strcmp(argv[1], "attention") == 0) return attention();
   if (argc == 2 && std::strcmp(argv[1], "indexer") == 0) return indexer();
-  std::fprintf(stderr, "usage: attn_host attention|indexer\n");
+  if (argc == 2 && std::strcmp(argv[1], "split") == 0) return split();
+  std::fprintf(stderr, "usage: attn_host attention|indexer|split\n");
   return 2;
 }
