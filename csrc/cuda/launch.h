@@ -42,6 +42,37 @@ cudaError_t moe_experts(const MoeArgs& a, void* workspace, cudaStream_t stream);
 
 // ---- attention.cu: sparse_attention, indexer_scores -----------------------------------------------------------
 
+// sparse_attention: q [S, H, D], kv [T, D], dense [N, D] (N = 0: none) of one dtype; sink float32 [H]; idx int64
+// [S, K] (entries < 0 or >= T skipped); limit int64 [S] (dense entry j visible to row s iff j < limit[s]);
+// out [S, H, D] in q's dtype. Bfloat16 with H % 16 == 0, D % 64 == 0 and 16-byte aligned rows runs on tensor
+// cores (attention.cu); anything else with D <= kAttnMaxD on the SIMT kernel (attention_simt.cu). Few rows split
+// their candidates over several blocks, whose partials (workspace) are combined after.
+constexpr int64_t kAttnMaxD = 1024;
+struct AttnArgs {
+  const void* q;
+  const void* kv;
+  const void* dense;
+  const float* sink;
+  const int64_t* idx;
+  const int64_t* limit;
+  void* out;
+  int64_t S, H, D, K, N, T;
+  float scale;
+  bool bf16;
+};
+// The number of candidate splits the launch uses (1: none), and the float32 workspace that many need (bytes).
+int sparse_attention_splits(const AttnArgs& a);
+size_t sparse_attention_workspace_bytes(const AttnArgs& a, int splits);
+cudaError_t sparse_attention(const AttnArgs& a, int splits, float* workspace, cudaStream_t stream);
+
+// indexer_scores: out[s, t] = sum_h w[s, h] relu(q[s, h] . keys[t]) for q [S, H, D] and keys [T, D] of one dtype,
+// w float32 [S, H], out float32 [S, T]. For bfloat16, each product and the sum are rounded to bfloat16 and so are
+// the weights (as the twin's bfloat16 einsums). Bfloat16 with H % 16 == 0, D in {64, 128} and 16-byte aligned
+// rows runs on tensor cores; the SIMT kernel takes D <= kIndexMaxD with H * D <= kIndexMaxHD.
+constexpr int64_t kIndexMaxD = 1024, kIndexMaxHD = 16384;
+cudaError_t indexer_scores(const void* q, const float* w, const void* keys, float* out, int64_t S, int64_t H,
+                           int64_t D, int64_t T, bool bf16, cudaStream_t stream);
+
 // ---- pointwise.cu: hc_sinkhorn, rope, hadamard, fp8_round, fp4_round -----------------------------------------
 constexpr int kSinkhornMaxStreams = 8;  // hc_sinkhorn's largest n
 constexpr int64_t kHadamardMaxDim = 1024; // hadamard's largest d (a warp's registers hold the row)

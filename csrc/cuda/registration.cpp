@@ -191,6 +191,98 @@ TORCH_LIBRARY_IMPL(v4cli, CUDA, m) { m.impl("moe_experts", &moe_experts_cuda); }
 
 // ---- attention: sparse_attention, indexer_scores --------------------------------------------------------------
 
+namespace {
+
+at::Tensor sparse_attention_cuda(const at::Tensor& q_, const at::Tensor& kv_, const at::Tensor& sink_,
+                                 const at::Tensor& idx_, double softmax_scale, const std::optional<at::Tensor>& dense_,
+                                 const std::optional<at::Tensor>& limit_) {
+  c10::cuda::CUDAGuard guard(q_.device());
+  TORCH_CHECK(q_.dim() == 3, "sparse_attention: q must be [S, H, D], got ", q_.sizes());
+  const bool bf16 = is_bf16(q_, "sparse_attention: q");
+  const int64_t S = q_.size(0), H = q_.size(1), D = q_.size(2);
+  TORCH_CHECK(D <= cuda::kAttnMaxD, "sparse_attention: the CUDA kernels take D <= ", cuda::kAttnMaxD, ", got ", D);
+  TORCH_CHECK(kv_.dim() == 2 && kv_.size(1) == D && kv_.scalar_type() == q_.scalar_type(),
+              "sparse_attention: kv must be [T, ", D, "] of q's dtype, got ", kv_.scalar_type(), " ", kv_.sizes());
+  TORCH_CHECK(sink_.dim() == 1 && sink_.size(0) == H && sink_.scalar_type() == at::kFloat,
+              "sparse_attention: sink must be a float32 [", H, "] tensor");
+  TORCH_CHECK(idx_.dim() == 2 && idx_.size(0) == S && idx_.scalar_type() == at::kLong,
+              "sparse_attention: idx must be an int64 [", S, ", K] tensor, got ", idx_.scalar_type(), " ", idx_.sizes());
+  const bool has_dense = dense_.has_value() && dense_->defined() && dense_->size(0) > 0;
+  if (has_dense) {
+    TORCH_CHECK(dense_->dim() == 2 && dense_->size(1) == D && dense_->scalar_type() == q_.scalar_type(),
+                "sparse_attention: dense must be [N, ", D, "] of q's dtype, got ", dense_->scalar_type(), " ",
+                dense_->sizes());
+    TORCH_CHECK(limit_.has_value() && limit_->defined() && limit_->dim() == 1 && limit_->size(0) == S &&
+                    limit_->scalar_type() == at::kLong,
+                "sparse_attention: dense entries need an int64 limit [", S, "]");
+  }
+  const at::Tensor q = q_.contiguous(), kv = kv_.contiguous(), sink = sink_.contiguous(), idx = idx_.contiguous();
+  const at::Tensor dense = has_dense ? dense_->contiguous() : at::Tensor();
+  const at::Tensor limit = has_dense ? limit_->contiguous() : at::Tensor();
+  for (const at::Tensor* t : {&q, &kv, &sink, &idx}) check_cuda(*t, "sparse_attention: every input");
+  TORCH_CHECK(kv.device() == q.device() && sink.device() == q.device() && idx.device() == q.device(),
+              "sparse_attention: every input must be on q's device");
+  if (has_dense) {
+    check_cuda(dense, "sparse_attention: dense");
+    check_cuda(limit, "sparse_attention: limit");
+    TORCH_CHECK(dense.device() == q.device() && limit.device() == q.device(),
+                "sparse_attention: dense and limit must be on q's device");
+  }
+  at::Tensor out = at::empty_like(q);
+  if (S == 0 || H == 0 || D == 0) return out;
+  cuda::AttnArgs a{};
+  a.q = q.data_ptr();
+  a.kv = kv.data_ptr();
+  a.dense = has_dense ? dense.data_ptr() : nullptr;
+  a.sink = sink.data_ptr<float>();
+  a.idx = idx.data_ptr<int64_t>();
+  a.limit = has_dense ? limit.data_ptr<int64_t>() : nullptr;
+  a.out = out.data_ptr();
+  a.S = S;
+  a.H = H;
+  a.D = D;
+  a.K = idx.size(1);
+  a.N = has_dense ? dense.size(0) : 0;
+  a.T = kv.size(0);
+  a.scale = static_cast<float>(softmax_scale);
+  a.bf16 = bf16;
+  const int splits = cuda::sparse_attention_splits(a);
+  const auto bytes = static_cast<int64_t>(cuda::sparse_attention_workspace_bytes(a, splits));
+  at::Tensor workspace = at::empty({bytes / 4}, q.options().dtype(at::kFloat));
+  check_launch(cuda::sparse_attention(a, splits, bytes ? workspace.data_ptr<float>() : nullptr, current_stream()),
+               "sparse_attention");
+  return out;
+}
+
+at::Tensor indexer_scores_cuda(const at::Tensor& q_, const at::Tensor& weights_, const at::Tensor& keys_) {
+  c10::cuda::CUDAGuard guard(q_.device());
+  TORCH_CHECK(q_.dim() == 3, "indexer_scores: q must be [S, H, D], got ", q_.sizes());
+  const bool bf16 = is_bf16(q_, "indexer_scores: q");
+  const int64_t S = q_.size(0), H = q_.size(1), D = q_.size(2);
+  TORCH_CHECK(weights_.dim() == 2 && weights_.size(0) == S && weights_.size(1) == H &&
+                  weights_.scalar_type() == at::kFloat,
+              "indexer_scores: weights must be a float32 [", S, ", ", H, "] tensor");
+  TORCH_CHECK(keys_.dim() == 2 && keys_.size(1) == D && keys_.scalar_type() == q_.scalar_type(),
+              "indexer_scores: keys must be [T, ", D, "] of q's dtype, got ", keys_.scalar_type(), " ", keys_.sizes());
+  const at::Tensor q = q_.contiguous(), weights = weights_.contiguous(), keys = keys_.contiguous();
+  for (const at::Tensor* t : {&q, &weights, &keys}) check_cuda(*t, "indexer_scores: every input");
+  TORCH_CHECK(weights.device() == q.device() && keys.device() == q.device(),
+              "indexer_scores: every input must be on q's device");
+  const int64_t T = keys.size(0);
+  at::Tensor out = at::empty({S, T}, q.options().dtype(at::kFloat));
+  check_launch(cuda::indexer_scores(q.data_ptr(), weights.data_ptr<float>(), keys.data_ptr(), out.data_ptr<float>(),
+                                    S, H, D, T, bf16, current_stream()),
+               "indexer_scores");
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(v4cli, CUDA, m) {
+  m.impl("sparse_attention", &sparse_attention_cuda);
+  m.impl("indexer_scores", &indexer_scores_cuda);
+}
+
 // ---- pointwise: hc_sinkhorn, rope, hadamard, fp8_round, fp4_round --------------------------------------------
 
 namespace {

@@ -16,8 +16,9 @@ import torch
 from . import kernel_build, ops, ops_ref, quant
 
 SOURCES = ("cuda/registration.cpp", "cuda/norm.cu", "cuda/moe.cu", "cuda/moe_gemm.cu", "cuda/moe_gemv.cu",
-           "cuda/moe_simt.cu", "cuda/pointwise.cu", "cuda/rounding.cu")
-HEADERS = ("cuda/launch.h", "cuda/quant.cuh", "cuda/moe.cuh", "cuda/pointwise.cuh")
+           "cuda/moe_simt.cu", "cuda/pointwise.cu", "cuda/rounding.cu", "cuda/attention.cu",
+           "cuda/attention_simt.cu", "cuda/indexer.cu")
+HEADERS = ("cuda/launch.h", "cuda/quant.cuh", "cuda/moe.cuh", "cuda/pointwise.cuh", "cuda/attention.cuh")
 _built = False
 
 
@@ -98,6 +99,34 @@ def moe_experts(x: torch.Tensor, weights: torch.Tensor, picks: torch.Tensor, w1:
 
 
 # ---- attention: sparse_attention, indexer_scores --------------------------------------------------------------
+
+_ATTN_MAX_D = 1024  # the kernels' widest head (launch.h: kAttnMaxD, kIndexMaxD); kIndexMaxHD below
+_INDEX_MAX_HD = 16384
+
+
+def sparse_attention(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor, idx: torch.Tensor, softmax_scale: float,
+                     dense: torch.Tensor | None = None, limit: torch.Tensor | None = None) -> torch.Tensor:
+    has_dense = dense is not None and dense.shape[0] > 0
+    if (q.dim() != 3 or q.dtype not in _FLOATS or kv.dtype != q.dtype or q.shape[-1] > _ATTN_MAX_D
+            or (has_dense and (dense.dtype != q.dtype or limit is None))
+            or not _same_device(q, kv, sink, idx, *((dense, limit) if has_dense else ()))):
+        return ops_ref.sparse_attention(q, kv, sink, idx, softmax_scale, dense, limit)
+    return torch.ops.v4cli.sparse_attention(q, kv, sink.float(), idx.long(), float(softmax_scale),
+                                            dense if has_dense else None, limit.long() if has_dense else None)
+
+
+def indexer_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    if q.dim() != 3 or q.dtype not in _FLOATS or keys.dtype not in _FLOATS or not _same_device(q, weights, keys):
+        return ops_ref.indexer_scores(q, weights, keys)
+    keys = keys.to(q.dtype)  # as the twin: the products run in q's dtype
+    _, H, D = q.shape
+    mma = q.dtype == torch.bfloat16 and H % 16 == 0 and D in (64, 128)
+    if not mma and (D > _ATTN_MAX_D or H * D > _INDEX_MAX_HD):
+        return ops_ref.indexer_scores(q, weights, keys)
+    q, keys = q.contiguous(), keys.contiguous()
+    if mma and (q.data_ptr() % 16 or keys.data_ptr() % 16):  # cp.async rows: 16-byte aligned views only
+        q, keys = q.clone(), keys.clone()
+    return torch.ops.v4cli.indexer_scores(q, weights.float(), keys)
 
 # ---- pointwise: hc_sinkhorn, rope, hadamard, fp8_round, fp4_round --------------------------------------------
 
