@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../ops.h"
+#include "parallel.h"
 
 namespace v4cli {
 namespace {
@@ -70,13 +71,15 @@ at::Tensor moe_experts_cpu(const at::Tensor& x, const at::Tensor& weights, const
       gains[e].push_back(wp[t * k + j]);
     }
   }
-  at::Tensor y = at::zeros(x.sizes(), x.options());
-  for (size_t e = 0; e < n_experts; ++e) {
+  std::vector<int64_t> active;
+  for (size_t e = 0; e < n_experts; ++e)
+    if (!rows[e].empty()) active.push_back(static_cast<int64_t>(e));
+  std::vector<at::Tensor> idx(n_experts), out(n_experts);
+  auto run = [&](int64_t e) {
     const int64_t n = static_cast<int64_t>(rows[e].size());
-    if (n == 0) continue;
-    const at::Tensor idx = at::from_blob(rows[e].data(), {n}, at::kLong).clone();
+    idx[e] = at::from_blob(rows[e].data(), {n}, at::kLong).clone();
     const at::Tensor gain = at::from_blob(gains[e].data(), {n, 1}, at::kFloat).clone();
-    const at::Tensor xe = n == tokens ? x : x.index_select(0, idx);
+    const at::Tensor xe = n == tokens ? x : x.index_select(0, idx[e]);
     at::Tensor gate = expert_linear(xe, w1[e], s1[e], act_quant, bf16);
     at::Tensor up = expert_linear(xe, w3[e], s3[e], act_quant, bf16);
     if (limit > 0) {
@@ -85,8 +88,22 @@ at::Tensor moe_experts_cpu(const at::Tensor& x, const at::Tensor& weights, const
     }
     at::Tensor h = gain * (gate / at::exp(-gate).add_(1) * up);
     if (bf16) h = h.to(at::kBFloat16).to(at::kFloat);
-    y.index_add_(0, idx, expert_linear(h.contiguous(), w2[e], s2[e], act_quant, bf16));
+    out[e] = expert_linear(h.contiguous(), w2[e], s2[e], act_quant, bf16);
+  };
+  // Experts too small for their linears to split across threads (under ~256K weights, a decode step of a
+  // narrow model) run side by side, one expert a task; larger ones one after the other, each linear using
+  // every thread. The linears give the same result on any thread, and the sum below runs in expert order.
+  const bool side_by_side = at::get_num_threads() > 1 && active.size() > 1 && w1[active[0]].numel() < (1 << 17) &&
+                            tokens <= 32;
+  if (side_by_side) {
+    parallel_tasks(static_cast<int64_t>(active.size()), 1, [&](int64_t a, int64_t b) {
+      for (int64_t i = a; i < b; ++i) run(active[i]);
+    });
+  } else {
+    for (const int64_t e : active) run(e);
   }
+  at::Tensor y = at::zeros(x.sizes(), x.options());
+  for (const int64_t e : active) y.index_add_(0, idx[e], out[e]);
   return y;
 }
 
