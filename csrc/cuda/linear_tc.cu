@@ -1,0 +1,197 @@
+// The linear layers on tensor cores (mma.sync m16n8k16, bf16 in, f32 out), for decode and prefill alike: the
+// weights are the A operand, streamed once per token group from global memory straight into registers (16 bytes
+// per lane and row a step, ld.global.nc without L1 allocation, the next step's loaded before this step's MMAs),
+// decoded to bfloat16 pairs with a few integer ops and one bf16x2 multiply (moe.cuh's decoders, exact); the
+// tokens are B, 8 per n8 tile, NT tiles a block, their bfloat16 planes read through L1 (a block's 4 warps share
+// them).
+//
+// Grid: (token groups of 8 NT, N / 64, splits); warp w of a block owns weight rows 64 blockIdx.y + 16 w. Each
+// step's MMAs go into a zeroed accumulator that is then added to the running float32 sum: the running sum is
+// rounded as a float32 dot product would be (not as the tensor core's internal adds), and every output's sum --
+// its steps in order, the same operands in the same MMA slots -- is the same whatever M or NT: row-invariant.
+// Needs: K a multiple of the format's step (lin_step_elems), 16-byte aligned weights and planes (launcher).
+#include "linear.cuh"
+
+namespace v4cli::cuda {
+namespace {
+
+__device__ inline uint4 ld_stream(const uint8_t* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
+// One step's MMAs into c: weight pieces w[r] (rows g, g+8) with their scales; x pointers at the step's elements.
+template <int FMT, int NT, int P, bool TWO>
+__device__ inline void tc_step(const uint4 (&w)[2], const MoeScale (&s)[2], const __nv_bfloat16* const (&xp)[NT],
+                               int64_t plane, float (&c)[NT][4]) {
+  constexpr int kWords = MoeGemvFmt<FMT>::G / 8;
+#pragma unroll
+  for (int v = 0; v < kWords; ++v) {  // word v of the lane's elements feeds MMAs 2v and 2v + 1
+    uint4 x[NT][P];
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int p = 0; p < P; ++p)
+        x[j][p] = __ldg(reinterpret_cast<const uint4*>(xp[j] + p * plane) + v);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int i = 2 * v + h;
+      uint32_t a[4];
+      moe_gemv_a<FMT, TWO>(w[0], w[1], s[0], s[1], i, a);
+#pragma unroll
+      for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int p = 0; p < P; ++p) {
+          uint32_t b[2];
+          moe_gemv_b<FMT>(x[j][p], i, b);
+          moe_mma(c[j], a[0], a[1], a[2], a[3], b[0], b[1]);
+        }
+    }
+  }
+}
+
+template <int FMT, int NT, int P>
+__global__ void __launch_bounds__(32 * kLinWarps) linear_tc(LinTc a) {
+  constexpr int G = MoeGemvFmt<FMT>::G;
+  constexpr bool kQuant = FMT != kMoeFormatBf16;
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int n0 = (blockIdx.y * kLinWarps + (threadIdx.x >> 5)) * 16;
+  if (n0 >= a.N) return;  // whole warps
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * 8 * NT;
+  const int steps = a.K / (4 * G);
+  const int s0 = blockIdx.z * a.per, s1 = min(steps, s0 + a.per);
+  const size_t row_bytes = static_cast<size_t>(a.K) * 16 / G;
+
+  const uint8_t* wp[2];
+  const uint8_t* sp[2];
+  for (int r = 0; r < 2; ++r) {
+    const int row = min(n0 + g + 8 * r, a.N - 1);  // a tail's missing rows repeat the last one, never stored
+    wp[r] = a.w + row * row_bytes + 16 * t;
+    sp[r] = a.s;
+    if constexpr (FMT == kMoeFormatFp4) sp[r] = a.s + static_cast<size_t>(row) * (a.K / kFp4Block) + t;
+    if constexpr (FMT == kMoeFormatFp8) {
+      sp[r] = a.s + static_cast<size_t>(row / kFp8Tile) * ((a.K + kFp8Tile - 1) / kFp8Tile);
+    }
+  }
+  // this lane's token of tile j (8j + g), at its own elements of step 0; missing tokens read token m0's row
+  const __nv_bfloat16* xp[NT];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    const int64_t m = m0 + 8 * j + g;
+    xp[j] = a.xq + (m < a.M ? m : m0) * a.K + G * t;
+  }
+
+  float acc[NT][4];
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) acc[j][c] = 0.f;
+
+  uint4 w[2];
+  uint8_t sb[2] = {};
+  auto load = [&](int step, uint4 (&wv)[2], uint8_t (&sv)[2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      wv[r] = ld_stream(wp[r] + static_cast<size_t>(step) * 64);
+      if constexpr (FMT == kMoeFormatFp4) sv[r] = sp[r][4 * step];   // 4 lanes x 32 elements: 4 scales a step
+      if constexpr (FMT == kMoeFormatFp8) sv[r] = sp[r][step >> 1];  // 64 elements: half a 128-column tile
+    }
+  };
+  if (s0 < s1) load(s0, w, sb);
+  for (int step = s0; step < s1; ++step) {
+    uint4 wn[2] = {};
+    uint8_t sn[2] = {};
+    if (step + 1 < s1) load(step + 1, wn, sn);
+    MoeScale sc[2];
+    bool two = false;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      sc[r] = kQuant ? moe_chunk_scale(sb[r], MoeGemvFmt<FMT>::bias) : MoeScale{kMoeOnex2, kMoeOnex2, false};
+      two |= sc[r].two;
+    }
+    const __nv_bfloat16* xs[NT];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) xs[j] = xp[j] + static_cast<size_t>(step) * 4 * G;
+    float c[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) c[j][q] = 0.f;
+    if (__any_sync(0xffffffffu, two)) {  // a scale past 2^(127 - bias): never in a checkpoint
+      tc_step<FMT, NT, P, true>(w, sc, xs, a.plane, c);
+    } else {
+      tc_step<FMT, NT, P, false>(w, sc, xs, a.plane, c);
+    }
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[j][q] += c[j][q];
+    w[0] = wn[0];
+    w[1] = wn[1];
+    sb[0] = sn[0];
+    sb[1] = sn[1];
+  }
+
+  // acc[j][c]: weight row n0 + g + 8 (c >> 1), token m0 + 8j + 2t + (c & 1)
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const int64_t m = m0 + 8 * j + 2 * t + (c & 1);
+      const int row = n0 + g + 8 * (c >> 1);
+      if (m >= a.M || row >= a.N) continue;
+      const size_t o = static_cast<size_t>(m) * a.N + row;
+      if (a.splits > 1) {
+        a.part[static_cast<size_t>(blockIdx.z) * a.M * a.N + o] = acc[j][c];
+      } else if (a.y_bf16) {
+        static_cast<__nv_bfloat16*>(a.y)[o] = __float2bfloat16_rn(acc[j][c]);
+      } else {
+        static_cast<float*>(a.y)[o] = acc[j][c];
+      }
+    }
+}
+
+template <int FMT, int NT, int P>
+void launch(const LinTc& a, cudaStream_t stream) {
+  const int64_t groups = (a.M + 8 * NT - 1) / (8 * NT);
+  const dim3 grid(static_cast<unsigned>(groups), (a.N + kLinBlockRows - 1) / kLinBlockRows, a.splits);
+  linear_tc<FMT, NT, P><<<grid, 32 * kLinWarps, 0, stream>>>(a);
+}
+
+template <int FMT, int P>
+void launch_tiles(const LinTc& a, cudaStream_t stream) {
+  switch (lin_tiles(a.M, P)) {
+    case 1: return launch<FMT, 1, P>(a, stream);
+    case 2: return launch<FMT, 2, P>(a, stream);
+    case 4: return launch<FMT, 4, P>(a, stream);
+    default:
+      if constexpr (P == 1) return launch<FMT, 8, P>(a, stream);
+      return launch<FMT, 4, P>(a, stream);
+  }
+}
+
+template <int FMT>
+void launch_planes(const LinTc& a, int planes, cudaStream_t stream) {
+  if (planes == 3) {
+    launch_tiles<FMT, 3>(a, stream);
+  } else {
+    launch_tiles<FMT, 1>(a, stream);
+  }
+}
+
+}  // namespace
+
+void linear_tc_launch(const LinTc& a, int fmt, int planes, cudaStream_t stream) {
+  if (fmt == kMoeFormatFp4) {
+    launch_planes<kMoeFormatFp4>(a, planes, stream);
+  } else if (fmt == kMoeFormatFp8) {
+    launch_planes<kMoeFormatFp8>(a, planes, stream);
+  } else {
+    launch_planes<kMoeFormatBf16>(a, planes, stream);
+  }
+}
+
+}  // namespace v4cli::cuda
