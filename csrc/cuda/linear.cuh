@@ -51,6 +51,26 @@ __host__ __device__ inline int lin_tiles(int64_t M, int planes) {
   return 8;
 }
 
+// The tensor-core path's addressing, for lane (g = lane / 4, t = lane % 4) of a warp owning weight rows n0..n0+15
+// and a token tile: at step `step` (4 lanes x G elements of K) it reads 16 bytes of rows n0 + g and n0 + g + 8
+// at byte lin_w_offset, their scale bytes at lin_s_offset, and word v (8 bfloat16) of its token's (8j + g)
+// elements G t .. G t + G - 1 of the step at lin_x_offset; accumulator c of tile j holds weight row
+// n0 + g + 8 (c / 2), token 8j + 2t + c % 2.
+__host__ __device__ inline size_t lin_w_offset(int fmt, int row, int t, int step, int K) {
+  const size_t row_bytes = fmt == kMoeFormatFp4 ? K / 2 : fmt == kMoeFormatFp8 ? K : 2 * static_cast<size_t>(K);
+  return row * row_bytes + 16 * t + static_cast<size_t>(step) * 64;
+}
+__host__ __device__ inline size_t lin_s_offset(int fmt, int row, int t, int step, int K) {
+  if (fmt == kMoeFormatFp4) return static_cast<size_t>(row) * (K / kFp4Block) + 4 * step + t;  // 32 elements each
+  return static_cast<size_t>(row / kFp8Tile) * ((K + kFp8Tile - 1) / kFp8Tile) + (step >> 1);  // 64 of 128 columns
+}
+__host__ __device__ inline size_t lin_x_offset(int fmt, int64_t m, int t, int step, int v, int K) {
+  const int G = lin_step_elems(fmt) / 4;
+  return static_cast<size_t>(m) * K + static_cast<size_t>(step) * 4 * G + G * t + 8 * v;
+}
+__host__ __device__ inline int lin_out_row(int g, int c) { return g + 8 * (c >> 1); }
+__host__ __device__ inline int lin_out_token(int j, int t, int c) { return 8 * j + 2 * t + (c & 1); }
+
 // The tensor-core kernel's arguments: x as `planes` bfloat16 copies [M, K] (`plane` elements apart) whose sum is
 // the (rounded) input -- one plane when x is bfloat16 or rounded to e4m3 (exact in bfloat16), three for float32
 // (hi + mid + lo: every float32 exactly). Steps [z * per, (z + 1) * per) of split z; with one split the sums go

@@ -25,17 +25,18 @@ __device__ inline uint4 ld_stream(const uint8_t* p) {
 
 // One step's MMAs into c: weight pieces w[r] (rows g, g+8) with their scales; x pointers at the step's elements.
 template <int FMT, int NT, int P, bool TWO>
-__device__ inline void tc_step(const uint4 (&w)[2], const MoeScale (&s)[2], const __nv_bfloat16* const (&xp)[NT],
-                               int64_t plane, float (&c)[NT][4]) {
+__device__ inline void tc_step(const uint4 (&w)[2], const MoeScale (&s)[2], const __nv_bfloat16* xq,
+                               const int64_t (&xm)[NT], int t, int step, int K, int64_t plane, float (&c)[NT][4]) {
   constexpr int kWords = MoeGemvFmt<FMT>::G / 8;
 #pragma unroll
   for (int v = 0; v < kWords; ++v) {  // word v of the lane's elements feeds MMAs 2v and 2v + 1
     uint4 x[NT][P];
 #pragma unroll
-    for (int j = 0; j < NT; ++j)
+    for (int j = 0; j < NT; ++j) {
+      const __nv_bfloat16* px = xq + lin_x_offset(FMT, xm[j], t, step, v, K);
 #pragma unroll
-      for (int p = 0; p < P; ++p)
-        x[j][p] = __ldg(reinterpret_cast<const uint4*>(xp[j] + p * plane) + v);
+      for (int p = 0; p < P; ++p) x[j][p] = __ldg(reinterpret_cast<const uint4*>(px + p * plane));
+    }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int i = 2 * v + h;
@@ -63,25 +64,15 @@ __global__ void __launch_bounds__(32 * kLinWarps) linear_tc(LinTc a) {
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * 8 * NT;
   const int steps = a.K / (4 * G);
   const int s0 = blockIdx.z * a.per, s1 = min(steps, s0 + a.per);
-  const size_t row_bytes = static_cast<size_t>(a.K) * 16 / G;
 
-  const uint8_t* wp[2];
-  const uint8_t* sp[2];
-  for (int r = 0; r < 2; ++r) {
-    const int row = min(n0 + g + 8 * r, a.N - 1);  // a tail's missing rows repeat the last one, never stored
-    wp[r] = a.w + row * row_bytes + 16 * t;
-    sp[r] = a.s;
-    if constexpr (FMT == kMoeFormatFp4) sp[r] = a.s + static_cast<size_t>(row) * (a.K / kFp4Block) + t;
-    if constexpr (FMT == kMoeFormatFp8) {
-      sp[r] = a.s + static_cast<size_t>(row / kFp8Tile) * ((a.K + kFp8Tile - 1) / kFp8Tile);
-    }
-  }
-  // this lane's token of tile j (8j + g), at its own elements of step 0; missing tokens read token m0's row
-  const __nv_bfloat16* xp[NT];
+  int rows[2];
+  for (int r = 0; r < 2; ++r) rows[r] = min(n0 + g + 8 * r, a.N - 1);  // a tail's missing rows: never stored
+  // this lane's token of tile j (8j + g); missing tokens read token m0's row
+  int64_t xm[NT];
 #pragma unroll
   for (int j = 0; j < NT; ++j) {
     const int64_t m = m0 + 8 * j + g;
-    xp[j] = a.xq + (m < a.M ? m : m0) * a.K + G * t;
+    xm[j] = m < a.M ? m : m0;
   }
 
   float acc[NT][4];
@@ -95,9 +86,8 @@ __global__ void __launch_bounds__(32 * kLinWarps) linear_tc(LinTc a) {
   auto load = [&](int step, uint4 (&wv)[2], uint8_t (&sv)[2]) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      wv[r] = ld_stream(wp[r] + static_cast<size_t>(step) * 64);
-      if constexpr (FMT == kMoeFormatFp4) sv[r] = sp[r][4 * step];   // 4 lanes x 32 elements: 4 scales a step
-      if constexpr (FMT == kMoeFormatFp8) sv[r] = sp[r][step >> 1];  // 64 elements: half a 128-column tile
+      wv[r] = ld_stream(a.w + lin_w_offset(FMT, rows[r], t, step, a.K));
+      if constexpr (kQuant) sv[r] = a.s[lin_s_offset(FMT, rows[r], t, step, a.K)];
     }
   };
   if (s0 < s1) load(s0, w, sb);
@@ -112,18 +102,15 @@ __global__ void __launch_bounds__(32 * kLinWarps) linear_tc(LinTc a) {
       sc[r] = kQuant ? moe_chunk_scale(sb[r], MoeGemvFmt<FMT>::bias) : MoeScale{kMoeOnex2, kMoeOnex2, false};
       two |= sc[r].two;
     }
-    const __nv_bfloat16* xs[NT];
-#pragma unroll
-    for (int j = 0; j < NT; ++j) xs[j] = xp[j] + static_cast<size_t>(step) * 4 * G;
     float c[NT][4];
 #pragma unroll
     for (int j = 0; j < NT; ++j)
 #pragma unroll
       for (int q = 0; q < 4; ++q) c[j][q] = 0.f;
     if (__any_sync(0xffffffffu, two)) {  // a scale past 2^(127 - bias): never in a checkpoint
-      tc_step<FMT, NT, P, true>(w, sc, xs, a.plane, c);
+      tc_step<FMT, NT, P, true>(w, sc, a.xq, xm, t, step, a.K, a.plane, c);
     } else {
-      tc_step<FMT, NT, P, false>(w, sc, xs, a.plane, c);
+      tc_step<FMT, NT, P, false>(w, sc, a.xq, xm, t, step, a.K, a.plane, c);
     }
 #pragma unroll
     for (int j = 0; j < NT; ++j)
@@ -140,8 +127,8 @@ __global__ void __launch_bounds__(32 * kLinWarps) linear_tc(LinTc a) {
   for (int j = 0; j < NT; ++j)
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
-      const int64_t m = m0 + 8 * j + 2 * t + (c & 1);
-      const int row = n0 + g + 8 * (c >> 1);
+      const int64_t m = m0 + lin_out_token(j, t, c);
+      const int row = n0 + lin_out_row(g, c);
       if (m >= a.M || row >= a.N) continue;
       const size_t o = static_cast<size_t>(m) * a.N + row;
       if (a.splits > 1) {
