@@ -1,7 +1,8 @@
 """The linear ops' tensor-core path without a GPU (csrc/cuda/linear_tc.cu's grid run as host code by
 tests/cuda/linear_host.cu, with the kernel's own addressing, split-K plan, decoders and MMA fragment layout):
 it computes x W^T of the dequantized weights for FP8, FP4 and bfloat16 weights, N tails and split K included;
-three bfloat16 planes carry a float32 input exactly; and a row's result does not depend on M."""
+three bfloat16 planes carry a float32 input exactly; and a row's result does not depend on M, nor on whether
+the splits are summed as partials or in turn."""
 
 from __future__ import annotations
 
@@ -56,9 +57,10 @@ def _planes(x: torch.Tensor, planes: int) -> torch.Tensor:
     return torch.stack([hi, mid, (r - mid.float()).to(torch.bfloat16)])
 
 
-def _run(exe: Path, fmt: str, wbytes: bytes, n: int, k: int, xp: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+def _run(exe: Path, fmt: str, wbytes: bytes, n: int, k: int, xp: torch.Tensor,
+         serial: bool = False) -> tuple[torch.Tensor, list[int]]:
     m = xp.shape[1]
-    hdr = np.array([FMT[fmt], n, k, m, xp.shape[0]], dtype=np.int32).tobytes()
+    hdr = np.array([FMT[fmt], n, k, m, xp.shape[0], int(serial)], dtype=np.int32).tobytes()
     src, dst = exe.parent / "in.bin", exe.parent / "out.bin"
     src.write_bytes(hdr + wbytes + xp.contiguous().view(torch.uint8).numpy().tobytes())
     r = subprocess.run([str(exe), str(src), str(dst)], capture_output=True, timeout=300)
@@ -100,3 +102,5 @@ def test_a_row_does_not_depend_on_the_others(linear_host: Path) -> None:
     for rows in (1, 3, 9, 33):
         part, _ = _run(linear_host, "fp8", wbytes, 96, 1024, _planes(x[-rows:].float(), 1))
         assert torch.equal(part, full[-rows:])
+    serial, (splits, _, _) = _run(linear_host, "fp8", wbytes, 96, 1024, _planes(x.float(), 1), serial=True)
+    assert splits > 1 and torch.equal(serial, full)  # the splits summed in turn: the partials' sum, bit for bit

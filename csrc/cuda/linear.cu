@@ -176,6 +176,7 @@ struct Plan {
   int planes;     // tc: bfloat16 planes of x (1 or 3)
   bool prep;      // x is rewritten into the workspace first
   LinSplit split;
+  bool serial;    // tc: the splits summed within each block (no partials)
   int64_t chunk;  // rows per pass
   size_t prep_bytes, part_bytes;
 };
@@ -183,7 +184,8 @@ struct Plan {
 Plan plan_of(const LinearArgs& a) {
   Plan p{};
   const bool w_aligned = reinterpret_cast<uintptr_t>(a.w) % 16 == 0;
-  p.tc = lin_tc_format(a.fmt) && a.K % lin_step_elems(a.fmt) == 0 && w_aligned;
+  p.tc = lin_tc_format(a.fmt) && a.K % lin_step_elems(a.fmt) == 0 && w_aligned &&
+         a.N <= int64_t(kMaxGridY) * kLinBlockRows;
   p.split = {1, a.K};
   if (p.tc) {
     p.planes = a.x_bf16 || a.act_quant ? 1 : 3;  // e4m3-rounded values are exact in bfloat16
@@ -196,7 +198,8 @@ Plan plan_of(const LinearArgs& a) {
     p.prep_bytes = p.prep ? align256(size_t(a.M) * a.K * 4) : 0;
   }
   p.chunk = a.M;
-  if (p.split.splits > 1) {
+  p.serial = p.tc && lin_serial(a.M, a.N, p.planes);
+  if (p.split.splits > 1 && !p.serial) {
     const size_t row = size_t(p.split.splits) * a.N * sizeof(float);
     p.chunk = std::max<int64_t>(1, std::min<int64_t>(a.M, static_cast<int64_t>(kPartBudget / row)));
     p.part_bytes = align256(row * p.chunk);
@@ -246,8 +249,9 @@ cudaError_t linear(const LinearArgs& a, void* workspace, cudaStream_t stream) {
       t.K = a.K;
       t.splits = p.split.splits;
       t.per = p.split.steps_per_split;
+      t.serial = p.serial;
       linear_tc_launch(t, a.fmt, p.planes, stream);
-      if (t.splits > 1) {
+      if (t.splits > 1 && !t.serial) {
         const int64_t count = rows * a.N;
         const int blocks = static_cast<int>(std::min<int64_t>((count + 255) / 256, 8192));
         linear_sum<<<blocks, 256, 0, stream>>>(part, t.splits, count, y, a.y_bf16);

@@ -51,6 +51,12 @@ __host__ __device__ inline int lin_tiles(int64_t M, int planes) {
   return 8;
 }
 
+// Splits run in turn within a block when the grid has warps enough without them (no partials to write).
+__host__ __device__ inline bool lin_serial(int64_t M, int N, int planes) {
+  const int64_t groups = (M + 8 * lin_tiles(M, planes) - 1) / (8 * lin_tiles(M, planes));
+  return groups * ((N + 15) / 16) >= kLinTargetWarps;
+}
+
 // The tensor-core path's addressing, for lane (g = lane / 4, t = lane % 4) of a warp owning weight rows n0..n0+15
 // and a token tile: at step `step` (4 lanes x G elements of K) it reads 16 bytes of rows n0 + g and n0 + g + 8
 // at byte lin_w_offset, their scale bytes at lin_s_offset, and word v (8 bfloat16) of its token's (8j + g)
@@ -73,8 +79,9 @@ __host__ __device__ inline int lin_out_token(int j, int t, int c) { return 8 * j
 
 // The tensor-core kernel's arguments: x as `planes` bfloat16 copies [M, K] (`plane` elements apart) whose sum is
 // the (rounded) input -- one plane when x is bfloat16 or rounded to e4m3 (exact in bfloat16), three for float32
-// (hi + mid + lo: every float32 exactly). Steps [z * per, (z + 1) * per) of split z; with one split the sums go
-// straight to y, else to part [splits, M, N].
+// (hi + mid + lo: every float32 exactly). Steps [z * per, (z + 1) * per) of split z; with one split, or `serial`
+// (a block sums the splits in turn, as the partials' sum adds them: the same bits), the sums go straight to y,
+// else to part [splits, M, N].
 struct LinTc {
   const uint8_t* w;
   const uint8_t* s;
@@ -86,6 +93,7 @@ struct LinTc {
   int64_t M;
   int N, K;
   int splits, per;
+  bool serial;
 };
 void linear_tc_launch(const LinTc& a, int fmt, int planes, cudaStream_t stream);
 

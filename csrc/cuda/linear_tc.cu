@@ -63,7 +63,9 @@ __global__ void __launch_bounds__(32 * kLinWarps) linear_tc(LinTc a) {
   if (n0 >= a.N) return;  // whole warps
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * 8 * NT;
   const int steps = a.K / (4 * G);
-  const int s0 = blockIdx.z * a.per, s1 = min(steps, s0 + a.per);
+  // splits zb..ze-1: one per block (partials summed by the launcher's kernel) or all of them in turn (serial)
+  const int zb = a.serial ? 0 : blockIdx.z, ze = a.serial ? a.splits : zb + 1;
+  const int s0 = zb * a.per, s1 = min(steps, ze * a.per);
 
   int rows[2];
   for (int r = 0; r < 2; ++r) rows[r] = min(n0 + g + 8 * r, a.N - 1);  // a tail's missing rows: never stored
@@ -75,11 +77,11 @@ __global__ void __launch_bounds__(32 * kLinWarps) linear_tc(LinTc a) {
     xm[j] = m < a.M ? m : m0;
   }
 
-  float acc[NT][4];
+  float acc[NT][4], total[NT][4];  // this split's sum; the sum of the splits so far, in order
 #pragma unroll
   for (int j = 0; j < NT; ++j)
 #pragma unroll
-    for (int c = 0; c < 4; ++c) acc[j][c] = 0.f;
+    for (int c = 0; c < 4; ++c) acc[j][c] = total[j][c] = 0.f;
 
   uint4 w[2];
   uint8_t sb[2] = {};
@@ -116,13 +118,23 @@ __global__ void __launch_bounds__(32 * kLinWarps) linear_tc(LinTc a) {
     for (int j = 0; j < NT; ++j)
 #pragma unroll
       for (int q = 0; q < 4; ++q) acc[j][q] += c[j][q];
+    if ((step + 1) % a.per == 0 || step + 1 == s1) {  // a split ends: as the partials' sum would add it
+      const bool first = step + 1 - s0 <= a.per;
+#pragma unroll
+      for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          total[j][q] = first ? acc[j][q] : total[j][q] + acc[j][q];
+          acc[j][q] = 0.f;
+        }
+    }
     w[0] = wn[0];
     w[1] = wn[1];
     sb[0] = sn[0];
     sb[1] = sn[1];
   }
 
-  // acc[j][c]: weight row n0 + g + 8 (c >> 1), token m0 + 8j + 2t + (c & 1)
+  // total[j][c]: weight row n0 + g + 8 (c >> 1), token m0 + 8j + 2t + (c & 1)
 #pragma unroll
   for (int j = 0; j < NT; ++j)
 #pragma unroll
@@ -131,12 +143,12 @@ __global__ void __launch_bounds__(32 * kLinWarps) linear_tc(LinTc a) {
       const int row = n0 + lin_out_row(g, c);
       if (m >= a.M || row >= a.N) continue;
       const size_t o = static_cast<size_t>(m) * a.N + row;
-      if (a.splits > 1) {
-        a.part[static_cast<size_t>(blockIdx.z) * a.M * a.N + o] = acc[j][c];
+      if (a.splits > 1 && !a.serial) {
+        a.part[static_cast<size_t>(blockIdx.z) * a.M * a.N + o] = total[j][c];
       } else if (a.y_bf16) {
-        static_cast<__nv_bfloat16*>(a.y)[o] = __float2bfloat16_rn(acc[j][c]);
+        static_cast<__nv_bfloat16*>(a.y)[o] = __float2bfloat16_rn(total[j][c]);
       } else {
-        static_cast<float*>(a.y)[o] = acc[j][c];
+        static_cast<float*>(a.y)[o] = total[j][c];
       }
     }
 }
@@ -144,7 +156,7 @@ __global__ void __launch_bounds__(32 * kLinWarps) linear_tc(LinTc a) {
 template <int FMT, int NT, int P>
 void launch(const LinTc& a, cudaStream_t stream) {
   const int64_t groups = (a.M + 8 * NT - 1) / (8 * NT);
-  const dim3 grid(static_cast<unsigned>(groups), (a.N + kLinBlockRows - 1) / kLinBlockRows, a.splits);
+  const dim3 grid(static_cast<unsigned>(groups), (a.N + kLinBlockRows - 1) / kLinBlockRows, a.serial ? 1 : a.splits);
   linear_tc<FMT, NT, P><<<grid, 32 * kLinWarps, 0, stream>>>(a);
 }
 

@@ -1,11 +1,13 @@
 // The linear ops' tensor-core path (csrc/cuda/linear_tc.cu) as host code, for tests/test_cuda_linear_host.py: every
 // warp, lane and step of the kernel's grid with its addressing (linear.cuh), split-K plan, decoders and MMA
 // operands (moe.cuh), the m16n8k16 MMA emulated as PTX lays out its fragments, the per-step float32 promotion and
-// the split sum. Usage: linear_host IN OUT. IN: int32 fmt, N, K, M, planes; the weight's bytes; its scale bytes
+// the split sum. Usage: linear_host IN OUT. IN: int32 fmt, N, K, M, planes, serial (the splits summed in
+// turn within a block, not as partials); the weight's bytes; its scale bytes
 // (FP8: ceil(N/128) x ceil(K/128), FP4: N x K/32, none for bf16); the planes [planes][M][K] bfloat16.
 // OUT: y [M][N] float32, then int32 splits, steps per split, tiles.
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <vector>
 
 #include "linear.cuh"
@@ -48,18 +50,19 @@ uint4 piece(const uint8_t* p) {
 }
 
 template <int FMT>
-void run(int N, int K, int64_t M, int P, const uint8_t* W, const uint8_t* S, const uint16_t* X, std::vector<float>& y,
-         LinSplit& sp, int& NT) {
+void run(int N, int K, int64_t M, int P, bool serial, const uint8_t* W, const uint8_t* S, const uint16_t* X,
+         std::vector<float>& y, LinSplit& sp, int& NT) {
   constexpr int G = MoeGemvFmt<FMT>::G;
   const int steps = K / (4 * G);
   sp = lin_split(FMT, N, K);
   NT = lin_tiles(M, P);
   std::vector<float> part(static_cast<size_t>(sp.splits) * M * N, 0.f);
+  std::map<std::pair<int, int64_t>, std::vector<float>> totals;
   const int64_t plane = M * K;
   for (int n0 = 0; n0 < N; n0 += 16)
     for (int64_t m0 = 0; m0 < M; m0 += 8 * NT)
       for (int z = 0; z < sp.splits; ++z) {
-        std::vector<float> acc(static_cast<size_t>(NT) * 32 * 4, 0.f);
+        std::vector<float> acc(static_cast<size_t>(NT) * 32 * 4, 0.f), total;
         const int s0 = z * sp.steps_per_split, s1 = std::min(steps, s0 + sp.steps_per_split);
         for (int step = s0; step < s1; ++step) {
           uint4 w[32][2];
@@ -98,18 +101,24 @@ void run(int N, int K, int64_t M, int P, const uint8_t* W, const uint8_t* S, con
           }
           for (size_t q = 0; q < acc.size(); ++q) acc[q] += c[q];
         }
+        if (serial) {  // the kernel's running total over this block's splits
+          if (z == 0) totals[{n0, m0}] = acc;
+          else for (size_t q = 0; q < acc.size(); ++q) totals[{n0, m0}][q] += acc[q];
+          if (z + 1 < sp.splits) continue;
+          acc = totals[{n0, m0}];
+        }
         for (int j = 0; j < NT; ++j)
           for (int lane = 0; lane < 32; ++lane)
             for (int q = 0; q < 4; ++q) {
               const int64_t m = m0 + lin_out_token(j, lane % 4, q);
               const int row = n0 + lin_out_row(lane / 4, q);
-              if (m < M && row < N) part[(z * M + m) * N + row] = acc[(j * 32 + lane) * 4 + q];
+              if (m < M && row < N) part[((serial ? 0 : z) * M + m) * N + row] = acc[(j * 32 + lane) * 4 + q];
             }
       }
   y.assign(static_cast<size_t>(M) * N, 0.f);
   for (size_t i = 0; i < y.size(); ++i) {
     float s = part[i];
-    for (int z = 1; z < sp.splits; ++z) s += part[z * y.size() + i];
+    for (int z = 1; z < (serial ? 1 : sp.splits); ++z) s += part[z * y.size() + i];
     y[i] = s;
   }
 }
@@ -127,9 +136,10 @@ int main(int argc, char** argv) {
   uint8_t buf[4096];
   for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) in.insert(in.end(), buf, buf + n);
   std::fclose(f);
-  int32_t hdr[5];
+  int32_t hdr[6];
   std::memcpy(hdr, in.data(), sizeof hdr);
   const int fmt = hdr[0], N = hdr[1], K = hdr[2], P = hdr[4];
+  const bool serial = hdr[5] != 0;
   const int64_t M = hdr[3];
   const size_t wbytes = fmt == kMoeFormatFp4 ? size_t(N) * K / 2 : fmt == kMoeFormatFp8 ? size_t(N) * K : size_t(N) * K * 2;
   const size_t sbytes = fmt == kMoeFormatFp4   ? size_t(N) * (K / 32)
@@ -142,9 +152,9 @@ int main(int argc, char** argv) {
   std::vector<float> y;
   LinSplit sp{};
   int NT = 0;
-  if (fmt == kMoeFormatFp4) run<kMoeFormatFp4>(N, K, M, P, W, S, X.data(), y, sp, NT);
-  if (fmt == kMoeFormatFp8) run<kMoeFormatFp8>(N, K, M, P, W, S, X.data(), y, sp, NT);
-  if (fmt == kMoeFormatBf16) run<kMoeFormatBf16>(N, K, M, P, W, S, X.data(), y, sp, NT);
+  if (fmt == kMoeFormatFp4) run<kMoeFormatFp4>(N, K, M, P, serial, W, S, X.data(), y, sp, NT);
+  if (fmt == kMoeFormatFp8) run<kMoeFormatFp8>(N, K, M, P, serial, W, S, X.data(), y, sp, NT);
+  if (fmt == kMoeFormatBf16) run<kMoeFormatBf16>(N, K, M, P, serial, W, S, X.data(), y, sp, NT);
   FILE* o = std::fopen(argv[2], "wb");
   if (!o) return 1;
   std::fwrite(y.data(), 4, y.size(), o);
