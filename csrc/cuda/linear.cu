@@ -107,14 +107,16 @@ __device__ inline float weight_at(const void* w, const uint8_t* s, int n, int k,
   }
 }
 
-// SIMT: warp per (weight row n, TOK tokens); lane l sums k = l, l + 32, ... with FMAs, then a fixed butterfly.
-// x is float32 [M, K]. The order is that of a row alone, whatever TOK.
-template <int FMT, int TOK>
+// SIMT: WPR warps per (weight row n, TOK tokens); thread i of a row's 32 WPR sums k = i, i + 32 WPR, ... with
+// FMAs, then a fixed butterfly in each warp and the warps' sums in order. x is float32 [M, K]. The order is that
+// of a row alone, whatever TOK; WPR (8 for few weight rows, so that they still fill the GPU) follows from N.
+template <int FMT, int TOK, int WPR>
 __global__ void __launch_bounds__(32 * kLinSimtWarps) linear_simt(const float* x, const void* w, const uint8_t* s,
                                                                  void* y, bool y_bf16, int64_t M, int N, int K) {
-  const int lane = threadIdx.x & 31;
-  const int n = blockIdx.x * kLinSimtWarps + (threadIdx.x >> 5);
-  if (n >= N) return;
+  constexpr int kRows = kLinSimtWarps / WPR;  // weight rows per block
+  __shared__ float sums[kLinSimtWarps][TOK];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, i = threadIdx.x % (32 * WPR);
+  const int n = blockIdx.x * kRows + warp / WPR;
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * TOK;
   const float* xr[TOK];
 #pragma unroll
@@ -122,11 +124,13 @@ __global__ void __launch_bounds__(32 * kLinSimtWarps) linear_simt(const float* x
   float acc[TOK];
 #pragma unroll
   for (int j = 0; j < TOK; ++j) acc[j] = 0.f;
+  if (n < N) {
 #pragma unroll 4
-  for (int k = lane; k < K; k += 32) {
-    const float wv = weight_at<FMT>(w, s, n, k, K);
+    for (int k = i; k < K; k += 32 * WPR) {
+      const float wv = weight_at<FMT>(w, s, n, k, K);
 #pragma unroll
-    for (int j = 0; j < TOK; ++j) acc[j] = fmaf(wv, xr[j][k], acc[j]);
+      for (int j = 0; j < TOK; ++j) acc[j] = fmaf(wv, xr[j][k], acc[j]);
+    }
   }
 #pragma unroll
   for (int j = 0; j < TOK; ++j) {
@@ -134,7 +138,21 @@ __global__ void __launch_bounds__(32 * kLinSimtWarps) linear_simt(const float* x
     for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
     acc[j] = v;
   }
-  if (lane != 0) return;
+  if constexpr (WPR > 1) {
+    if (lane == 0) {
+#pragma unroll
+      for (int j = 0; j < TOK; ++j) sums[warp][j] = acc[j];
+    }
+    __syncthreads();
+    if (i != 0) return;
+#pragma unroll
+    for (int j = 0; j < TOK; ++j) {
+      float v = sums[warp][j];
+      for (int q = 1; q < WPR; ++q) v += sums[warp + q][j];
+      acc[j] = v;
+    }
+  }
+  if (lane != 0 || n >= N) return;
 #pragma unroll
   for (int j = 0; j < TOK; ++j) {
     if (m0 + j >= M) break;
@@ -147,18 +165,25 @@ __global__ void __launch_bounds__(32 * kLinSimtWarps) linear_simt(const float* x
   }
 }
 
-template <int FMT, int TOK>
+template <int FMT, int TOK, int WPR>
 void simt_launch(const float* x, const LinearArgs& a, int64_t rows, void* y, cudaStream_t stream) {
-  const dim3 grid((a.N + kLinSimtWarps - 1) / kLinSimtWarps, static_cast<unsigned>((rows + TOK - 1) / TOK));
-  linear_simt<FMT, TOK><<<grid, 32 * kLinSimtWarps, 0, stream>>>(x, a.w, a.scale, y, a.y_bf16, rows, a.N, a.K);
+  constexpr int kRows = kLinSimtWarps / WPR;
+  const dim3 grid((a.N + kRows - 1) / kRows, static_cast<unsigned>((rows + TOK - 1) / TOK));
+  linear_simt<FMT, TOK, WPR><<<grid, 32 * kLinSimtWarps, 0, stream>>>(x, a.w, a.scale, y, a.y_bf16, rows, a.N, a.K);
+}
+
+template <int FMT, int TOK>
+void simt_wpr(const float* x, const LinearArgs& a, int64_t rows, void* y, cudaStream_t stream) {
+  if (a.N < kLinSimtFewRows) return simt_launch<FMT, TOK, kLinSimtWarps>(x, a, rows, y, stream);
+  simt_launch<FMT, TOK, 1>(x, a, rows, y, stream);
 }
 
 template <int FMT>
 void simt_rows(const float* x, const LinearArgs& a, int64_t rows, void* y, cudaStream_t stream) {
-  if (rows >= 8) return simt_launch<FMT, 8>(x, a, rows, y, stream);
-  if (rows >= 4) return simt_launch<FMT, 4>(x, a, rows, y, stream);
-  if (rows >= 2) return simt_launch<FMT, 2>(x, a, rows, y, stream);
-  simt_launch<FMT, 1>(x, a, rows, y, stream);
+  if (rows >= 8) return simt_wpr<FMT, 8>(x, a, rows, y, stream);
+  if (rows >= 4) return simt_wpr<FMT, 4>(x, a, rows, y, stream);
+  if (rows >= 2) return simt_wpr<FMT, 2>(x, a, rows, y, stream);
+  simt_wpr<FMT, 1>(x, a, rows, y, stream);
 }
 
 void simt(const float* x, const LinearArgs& a, int64_t rows, void* y, cudaStream_t stream) {
