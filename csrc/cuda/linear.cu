@@ -49,7 +49,7 @@ __global__ void linear_prep(const void* x, int64_t ldx, bool x_bf16, int64_t M, 
     }
     if (act) {
       for (int off = 16; off > 0; off >>= 1) amax = nan_max(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-      const float s = fp8_block_scale(amax);
+      const float s = amax != amax ? amax : fp8_block_scale(amax);  // a NaN in the block: all NaN, as torch
 #pragma unroll
       for (int i = 0; i < kActBlock / 32; ++i) v[i] = fp8_round_scaled(v[i], s);
     }
