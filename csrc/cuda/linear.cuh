@@ -55,7 +55,7 @@ __host__ __device__ inline int lin_tiles(int64_t M, int planes) {
 // Splits run in turn within a block when the grid has warps enough without them (no partials to write).
 __host__ __device__ inline bool lin_serial(int64_t M, int N, int planes) {
   const int64_t groups = (M + 8 * lin_tiles(M, planes) - 1) / (8 * lin_tiles(M, planes));
-  return groups * ((N + 15) / 16) >= kLinTargetWarps;
+  return groups * ((N + 15) / 16) >= kLinTargetWarps / 2;
 }
 
 // The tensor-core path's addressing, for lane (g = lane / 4, t = lane % 4) of a warp owning weight rows n0..n0+15

@@ -1,6 +1,6 @@
 // The linear layers on tensor cores (mma.sync m16n8k16, bf16 in, f32 out), for decode and prefill alike: the
 // weights are the A operand, streamed once per token group from global memory straight into registers (16 bytes
-// per lane and row a step, ld.global.nc without L1 allocation, the next step's loaded before this step's MMAs),
+// per lane and row a step, ld.global.nc without L1 allocation, the next steps' loaded before this step's MMAs),
 // decoded to bfloat16 pairs with a few integer ops and one bf16x2 multiply (moe.cuh's decoders, exact); the
 // tokens are B, 8 per n8 tile, NT tiles a block, their bfloat16 planes read through L1 (a block's 4 warps share
 // them).
@@ -83,8 +83,10 @@ __global__ void __launch_bounds__(32 * kLinWarps) linear_tc(LinTc a) {
 #pragma unroll
     for (int c = 0; c < 4; ++c) acc[j][c] = total[j][c] = 0.f;
 
-  uint4 w[2];
-  uint8_t sb[2] = {};
+  // this step's pieces and the next step's: with few tokens (decode: latency-bound) two steps ahead are in flight
+  constexpr int kAhead = NT <= 2 ? 2 : 1;
+  uint4 w[2], w1[2];
+  uint8_t sb[2] = {}, sb1[2] = {};
   auto load = [&](int step, uint4 (&wv)[2], uint8_t (&sv)[2]) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -93,10 +95,11 @@ __global__ void __launch_bounds__(32 * kLinWarps) linear_tc(LinTc a) {
     }
   };
   if (s0 < s1) load(s0, w, sb);
+  if (kAhead == 2 && s0 + 1 < s1) load(s0 + 1, w1, sb1);
   for (int step = s0; step < s1; ++step) {
     uint4 wn[2] = {};
     uint8_t sn[2] = {};
-    if (step + 1 < s1) load(step + 1, wn, sn);
+    if (step + kAhead < s1) load(step + kAhead, wn, sn);
     MoeScale sc[2];
     bool two = false;
 #pragma unroll
@@ -128,10 +131,13 @@ __global__ void __launch_bounds__(32 * kLinWarps) linear_tc(LinTc a) {
           acc[j][q] = 0.f;
         }
     }
-    w[0] = wn[0];
-    w[1] = wn[1];
-    sb[0] = sn[0];
-    sb[1] = sn[1];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      w[r] = kAhead == 2 ? w1[r] : wn[r];
+      sb[r] = kAhead == 2 ? sb1[r] : sn[r];
+      w1[r] = wn[r];
+      sb1[r] = sn[r];
+    }
   }
 
   // total[j][c]: weight row n0 + g + 8 (c >> 1), token m0 + 8j + 2t + (c & 1)
