@@ -107,75 +107,102 @@ __device__ inline float weight_at(const void* w, const uint8_t* s, int n, int k,
   }
 }
 
-// SIMT: WPR warps per (weight row n, TOK tokens); thread i of a row's 32 WPR sums k = i, i + 32 WPR, ... with
-// FMAs, then a fixed butterfly in each warp and the warps' sums in order. x is float32 [M, K]. The order is that
-// of a row alone, whatever TOK; WPR (8 for few weight rows, so that they still fill the GPU) follows from N.
-template <int FMT, int TOK, int WPR>
+// SIMT: WPR warps per (R weight rows, TOK tokens); thread i of the 32 WPR sums k = i, i + 32 WPR, ... of each
+// output with FMAs, then a fixed butterfly in each warp and the warps' sums in order. x is float32 [M, K]. The
+// order is that of a row alone, whatever TOK and R (which only say what a thread shares: R = 4 reuses each x load
+// for 4 rows when there are many tokens); WPR (8 for few weight rows, so that they still fill the GPU) follows
+// from N.
+template <int FMT, int TOK, int WPR, int R>
 __global__ void __launch_bounds__(32 * kLinSimtWarps) linear_simt(const float* x, const void* w, const uint8_t* s,
                                                                  void* y, bool y_bf16, int64_t M, int N, int K) {
-  constexpr int kRows = kLinSimtWarps / WPR;  // weight rows per block
-  __shared__ float sums[kLinSimtWarps][TOK];
+  constexpr int kGroups = kLinSimtWarps / WPR;  // row groups per block
+  __shared__ float sums[kLinSimtWarps][R * TOK];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, i = threadIdx.x % (32 * WPR);
-  const int n = blockIdx.x * kRows + warp / WPR;
+  const int n0 = (blockIdx.x * kGroups + warp / WPR) * R;
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * TOK;
   const float* xr[TOK];
 #pragma unroll
   for (int j = 0; j < TOK; ++j) xr[j] = x + (m0 + j < M ? m0 + j : m0) * K;  // missing tokens: never stored
-  float acc[TOK];
+  int rows[R];
 #pragma unroll
-  for (int j = 0; j < TOK; ++j) acc[j] = 0.f;
-  if (n < N) {
-#pragma unroll 4
+  for (int r = 0; r < R; ++r) rows[r] = min(n0 + r, N - 1);  // missing rows repeat the last: never stored
+  float acc[R][TOK];
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int j = 0; j < TOK; ++j) acc[r][j] = 0.f;
+  if (n0 < N) {
+#pragma unroll 2
     for (int k = i; k < K; k += 32 * WPR) {
-      const float wv = weight_at<FMT>(w, s, n, k, K);
+      float xv[TOK];
 #pragma unroll
-      for (int j = 0; j < TOK; ++j) acc[j] = fmaf(wv, xr[j][k], acc[j]);
+      for (int j = 0; j < TOK; ++j) xv[j] = xr[j][k];
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const float wv = weight_at<FMT>(w, s, rows[r], k, K);
+#pragma unroll
+        for (int j = 0; j < TOK; ++j) acc[r][j] = fmaf(wv, xv[j], acc[r][j]);
+      }
     }
   }
 #pragma unroll
-  for (int j = 0; j < TOK; ++j) {
-    float v = acc[j];
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-    acc[j] = v;
-  }
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int j = 0; j < TOK; ++j) {
+      float v = acc[r][j];
+      for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+      acc[r][j] = v;
+    }
   if constexpr (WPR > 1) {
     if (lane == 0) {
 #pragma unroll
-      for (int j = 0; j < TOK; ++j) sums[warp][j] = acc[j];
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int j = 0; j < TOK; ++j) sums[warp][r * TOK + j] = acc[r][j];
     }
     __syncthreads();
     if (i != 0) return;
 #pragma unroll
-    for (int j = 0; j < TOK; ++j) {
-      float v = sums[warp][j];
-      for (int q = 1; q < WPR; ++q) v += sums[warp + q][j];
-      acc[j] = v;
-    }
-  }
-  if (lane != 0 || n >= N) return;
+    for (int r = 0; r < R; ++r)
 #pragma unroll
-  for (int j = 0; j < TOK; ++j) {
-    if (m0 + j >= M) break;
-    const size_t o = static_cast<size_t>(m0 + j) * N + n;
-    if (y_bf16) {
-      static_cast<__nv_bfloat16*>(y)[o] = __float2bfloat16_rn(acc[j]);
-    } else {
-      static_cast<float*>(y)[o] = acc[j];
-    }
+      for (int j = 0; j < TOK; ++j) {
+        float v = sums[warp][r * TOK + j];
+        for (int q = 1; q < WPR; ++q) v += sums[warp + q][r * TOK + j];
+        acc[r][j] = v;
+      }
   }
+  if (lane != 0) return;
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int j = 0; j < TOK; ++j) {
+      if (m0 + j >= M || n0 + r >= N) continue;
+      const size_t o = static_cast<size_t>(m0 + j) * N + n0 + r;
+      if (y_bf16) {
+        static_cast<__nv_bfloat16*>(y)[o] = __float2bfloat16_rn(acc[r][j]);
+      } else {
+        static_cast<float*>(y)[o] = acc[r][j];
+      }
+    }
 }
 
-template <int FMT, int TOK, int WPR>
+template <int FMT, int TOK, int WPR, int R>
 void simt_launch(const float* x, const LinearArgs& a, int64_t rows, void* y, cudaStream_t stream) {
-  constexpr int kRows = kLinSimtWarps / WPR;
+  constexpr int kRows = kLinSimtWarps / WPR * R;
   const dim3 grid((a.N + kRows - 1) / kRows, static_cast<unsigned>((rows + TOK - 1) / TOK));
-  linear_simt<FMT, TOK, WPR><<<grid, 32 * kLinSimtWarps, 0, stream>>>(x, a.w, a.scale, y, a.y_bf16, rows, a.N, a.K);
+  linear_simt<FMT, TOK, WPR, R><<<grid, 32 * kLinSimtWarps, 0, stream>>>(x, a.w, a.scale, y, a.y_bf16, rows, a.N,
+                                                                         a.K);
 }
 
 template <int FMT, int TOK>
 void simt_wpr(const float* x, const LinearArgs& a, int64_t rows, void* y, cudaStream_t stream) {
-  if (a.N < kLinSimtFewRows) return simt_launch<FMT, TOK, kLinSimtWarps>(x, a, rows, y, stream);
-  simt_launch<FMT, TOK, 1>(x, a, rows, y, stream);
+  constexpr int R = TOK == 8 ? 4 : 1;  // past 8 tokens x is the traffic: each load serves 4 weight rows
+  if (a.N < kLinSimtFewRows) {
+    if (rows > kLinSimtManyTokens) return simt_launch<FMT, TOK, kLinSimtWarps, R>(x, a, rows, y, stream);
+    return simt_launch<FMT, TOK, kLinSimtWarps, 1>(x, a, rows, y, stream);
+  }
+  if (rows > kLinSimtManyTokens) return simt_launch<FMT, TOK, 1, R>(x, a, rows, y, stream);
+  simt_launch<FMT, TOK, 1, 1>(x, a, rows, y, stream);
 }
 
 template <int FMT>

@@ -19,6 +19,7 @@ constexpr int kLinMaxSplits = 16;             // split-K factor bound (partials:
 constexpr int kLinTargetWarps = 4096;         // enough warps streaming weights to keep HBM busy
 constexpr int kLinSimtWarps = 8;              // SIMT path: warps per block
 constexpr int kLinSimtFewRows = 2048;         // SIMT path: below this many weight rows, a block per row
+constexpr int kLinSimtManyTokens = 32;        // SIMT path: past this many tokens a thread covers 4 weight rows
 
 // The tensor-core path takes a format when each lane's 16-byte pieces tile K exactly: 4 lanes x G elements a step.
 __host__ __device__ inline int lin_step_elems(int fmt) {
