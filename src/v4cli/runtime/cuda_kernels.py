@@ -109,7 +109,7 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, act_q
 
 
 def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, act_quant: bool) -> torch.Tensor:
-    if packed.element_size() != 1 or packed.shape[-1] % 16 or not _quantized_ok(x, packed, scale):
+    if not _quantized_ok(x, packed, scale) or packed.element_size() != 1 or packed.shape[1] % 16:
         return ops_ref.fp4_linear(x, packed, scale, act_quant)
     y = torch.ops.v4cli.fp4_linear(_rows2d(x, packed.shape[1] * 2), packed.contiguous(), scale.contiguous(),
                                    bool(act_quant))
