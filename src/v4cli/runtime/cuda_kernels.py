@@ -94,14 +94,15 @@ def _shaped(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return y if x.dim() == 2 else y.view(*x.shape[:-1], y.shape[-1])
 
 
-def _quantized_ok(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> bool:
-    return (x.dtype in _FLOATS and x.dim() >= 1 and weight.dim() == 2 and scale.dim() == 2
-            and scale.element_size() == 1 and weight.is_cuda and _same_device(x, weight, scale))
+def _quantized_ok(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, k_per_col: int) -> bool:
+    """What the kernels take; anything else (a shape mismatch included: the twin raises) runs the twin."""
+    return (x.dtype in _FLOATS and x.dim() >= 1 and weight.dim() == 2 and x.shape[-1] == weight.shape[1] * k_per_col
+            and scale.dim() == 2 and scale.element_size() == 1 and weight.is_cuda and _same_device(x, weight, scale))
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, act_quant: bool) -> torch.Tensor:
     # any one-byte scale (float8_e8m0fnu or uint8) is read as UE8M0 bytes
-    if weight.dtype != torch.float8_e4m3fn or not _quantized_ok(x, weight, scale):
+    if weight.dtype != torch.float8_e4m3fn or not _quantized_ok(x, weight, scale, 1):
         return ops_ref.fp8_linear(x, weight, scale, act_quant)
     y = torch.ops.v4cli.fp8_linear(_rows2d(x, weight.shape[1]), weight.contiguous(), scale.contiguous(),
                                    bool(act_quant))
@@ -109,7 +110,7 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, act_q
 
 
 def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, act_quant: bool) -> torch.Tensor:
-    if not _quantized_ok(x, packed, scale) or packed.element_size() != 1 or packed.shape[1] % 16:
+    if not _quantized_ok(x, packed, scale, 2) or packed.element_size() != 1 or packed.shape[1] % 16:
         return ops_ref.fp4_linear(x, packed, scale, act_quant)
     y = torch.ops.v4cli.fp4_linear(_rows2d(x, packed.shape[1] * 2), packed.contiguous(), scale.contiguous(),
                                    bool(act_quant))
@@ -119,7 +120,7 @@ def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, act_q
 def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     # float32 x with a bfloat16 weight (the head) reads the weight as it is: the promoted product, exactly
     if (x.dtype not in _FLOATS or weight.dtype not in _FLOATS or weight.dim() != 2 or x.dim() < 1
-            or not weight.is_cuda or not _same_device(x, weight)):
+            or x.shape[-1] != weight.shape[1] or not weight.is_cuda or not _same_device(x, weight)):
         return ops_ref.dense_linear(x, weight)
     return _shaped(torch.ops.v4cli.dense_linear(_rows2d(x, weight.shape[1]), weight.contiguous()), x)
 
