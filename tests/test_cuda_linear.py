@@ -164,11 +164,12 @@ def test_dense_linear(n: int, k: int, w_dtype: torch.dtype, x_dtype: torch.dtype
         assert _rel(got, x.double() @ w.double().t()) < _tol(out_dtype)
 
 
-@pytest.mark.parametrize("case", ["fp8", "fp8 ragged", "fp4", "head", "dense f32", "dense bf16 ragged"])
+@pytest.mark.parametrize("case", ["fp8", "fp8 wide", "fp8 ragged", "fp4", "head", "dense f32", "dense bf16 ragged"])
 def test_a_row_alone_equals_the_row_among_others(case: str) -> None:
+    """fp8 wide: 600 rows sum the splits in turn within a block, fewer rows through partials."""
     g = _gen(9)
     if case.startswith("fp8"):
-        n, k = (1024, 4096) if case == "fp8" else (129, 130)
+        n, k = {"fp8": (1024, 4096), "fp8 wide": (4096, 4096), "fp8 ragged": (129, 130)}[case]
         w, s = _fp8(n, k, g)
         run = lambda x: cuda_kernels.fp8_linear(x, w, s, True)  # noqa: E731
         dtype = BF16
