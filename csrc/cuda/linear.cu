@@ -250,7 +250,7 @@ Plan plan_of(const LinearArgs& a) {
     p.prep_bytes = p.prep ? align256(size_t(a.M) * a.K * 4) : 0;
   }
   p.chunk = a.M;
-  p.serial = p.tc && lin_serial(a.M, a.N, p.planes);
+  p.serial = p.tc && lin_serial(a.fmt, a.M, a.N, p.planes);
   if (p.split.splits > 1 && !p.serial) {
     const size_t row = size_t(p.split.splits) * a.N * sizeof(float);
     p.chunk = std::max<int64_t>(1, std::min<int64_t>(a.M, static_cast<int64_t>(kPartBudget / row)));

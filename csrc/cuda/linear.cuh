@@ -45,18 +45,19 @@ __host__ __device__ inline LinSplit lin_split(int fmt, int N, int K) {
 }
 
 // Token tiles (of 8) per block pass of the tensor-core path: as few as M needs up to 4, then 8 (4 with three
-// input planes, for registers). Only how the tokens are grouped changes with it, not any output's sum.
-__host__ __device__ inline int lin_tiles(int64_t M, int planes) {
+// input planes or FP4's wider pieces, for registers). Only how the tokens are grouped changes with it, not any
+// output's sum.
+__host__ __device__ inline int lin_tiles(int fmt, int64_t M, int planes) {
   if (M <= 8) return 1;
   if (M <= 16) return 2;
-  if (M <= 32 || planes > 1) return 4;
+  if (M <= 32 || planes > 1 || fmt == kMoeFormatFp4) return 4;
   return 8;
 }
 
 // Splits run in turn within a block when the grid has warps enough without them (no partials to write).
-__host__ __device__ inline bool lin_serial(int64_t M, int N, int planes) {
-  const int64_t groups = (M + 8 * lin_tiles(M, planes) - 1) / (8 * lin_tiles(M, planes));
-  return groups * ((N + 15) / 16) >= kLinTargetWarps / 2;
+__host__ __device__ inline bool lin_serial(int fmt, int64_t M, int N, int planes) {
+  const int tokens = 8 * lin_tiles(fmt, M, planes);
+  return (M + tokens - 1) / tokens * ((N + 15) / 16) >= kLinTargetWarps / 2;
 }
 
 // The tensor-core path's addressing, for lane (g = lane / 4, t = lane % 4) of a warp owning weight rows n0..n0+15

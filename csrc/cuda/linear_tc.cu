@@ -23,6 +23,9 @@ __device__ inline uint4 ld_stream(const uint8_t* p) {
   return v;
 }
 
+// The line of p into L1 ahead of its use: prefill's token rows (64 of them, all of K) do not stay in L1.
+__device__ inline void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
+
 // One step's MMAs into c: weight pieces w[r] (rows g, g+8) with their scales; x pointers at the step's elements.
 template <int FMT, int NT, int P, bool TWO>
 __device__ inline void tc_step(const uint4 (&w)[2], const MoeScale (&s)[2], const __nv_bfloat16* xq,
@@ -100,6 +103,14 @@ __global__ void __launch_bounds__(32 * kLinWarps) linear_tc(LinTc a) {
     uint4 wn[2] = {};
     uint8_t sn[2] = {};
     if (step + kAhead < s1) load(step + kAhead, wn, sn);
+    if constexpr (NT >= 4) {  // the token rows' pieces two steps ahead (each lane's first word: every line)
+      if (step + 2 < s1) {
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+          for (int p = 0; p < P; ++p) prefetch_l1(a.xq + lin_x_offset(FMT, xm[j], t, step + 2, 0, a.K) + p * a.plane);
+      }
+    }
     MoeScale sc[2];
     bool two = false;
 #pragma unroll
@@ -168,12 +179,12 @@ void launch(const LinTc& a, cudaStream_t stream) {
 
 template <int FMT, int P>
 void launch_tiles(const LinTc& a, cudaStream_t stream) {
-  switch (lin_tiles(a.M, P)) {
+  switch (lin_tiles(FMT, a.M, P)) {
     case 1: return launch<FMT, 1, P>(a, stream);
     case 2: return launch<FMT, 2, P>(a, stream);
     case 4: return launch<FMT, 4, P>(a, stream);
     default:
-      if constexpr (P == 1) return launch<FMT, 8, P>(a, stream);
+      if constexpr (P == 1 && FMT != kMoeFormatFp4) return launch<FMT, 8, P>(a, stream);
       return launch<FMT, 4, P>(a, stream);
   }
 }

@@ -55,7 +55,7 @@ void run(int N, int K, int64_t M, int P, bool serial, const uint8_t* W, const ui
   constexpr int G = MoeGemvFmt<FMT>::G;
   const int steps = K / (4 * G);
   sp = lin_split(FMT, N, K);
-  NT = lin_tiles(M, P);
+  NT = lin_tiles(FMT, M, P);
   std::vector<float> part(static_cast<size_t>(sp.splits) * M * N, 0.f);
   std::map<std::pair<int, int64_t>, std::vector<float>> totals;
   const int64_t plane = M * K;
