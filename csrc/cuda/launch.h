@@ -11,6 +11,27 @@
 namespace v4cli::cuda {
 
 // ---- linear.cu: fp8_linear, fp4_linear, dense_linear ----------------------------------------------------------
+// y = x W^T for x [M, K] (row stride ldx elements, float32 or bfloat16) and W [N, K] in one of the formats of
+// moe_experts' table (kMoeFormatFp8: e4m3 + UE8M0 per 128x128 tile; kMoeFormatFp4: packed e2m1 + UE8M0 per 32
+// inputs of a row; kMoeFormatF32 / kMoeFormatBf16: float weights, no scale), float32 accumulation, y [M, N]
+// contiguous in float32 or bfloat16. act_quant: x first rounded to e4m3 per 1x128 block (quant.act_quant).
+// Every output is summed in one order that depends on (format, N, K) only, never on M: row-invariant.
+struct LinearArgs {
+  const void* x;
+  int64_t ldx;
+  bool x_bf16;
+  const void* w;
+  const uint8_t* scale;  // null for float weights
+  int fmt;
+  void* y;
+  bool y_bf16;
+  int64_t M;
+  int N, K;
+  bool act_quant;
+};
+// Bytes of device workspace linear() needs for `a` (the rounded input and split-K partials).
+size_t linear_workspace_bytes(const LinearArgs& a);
+cudaError_t linear(const LinearArgs& a, void* workspace, cudaStream_t stream);
 
 // ---- moe.cu: moe_experts ---------------------------------------------------------------------------------------
 

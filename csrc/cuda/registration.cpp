@@ -35,6 +35,94 @@ bool is_bf16(const at::Tensor& t, const char* name) {
 
 // ---- linear: fp8_linear, fp4_linear, dense_linear --------------------------------------------------------------
 
+namespace {
+
+// x [M, K] on the weight's device, float32 or bfloat16, rows of stride x.stride(0) (a group of the heads' output
+// is a strided view: read in place).
+void linear_check_x(const at::Tensor& x, const at::Tensor& w, int64_t k, const char* op) {
+  TORCH_CHECK(x.is_cuda() && x.device() == w.device(), op, ": x must be a CUDA tensor on the weight's device");
+  TORCH_CHECK(x.dim() == 2, op, ": x must be [M, K], got ", x.sizes());
+  TORCH_CHECK(x.size(1) == k, op, ": x has ", x.size(1), " inputs, the weight ", k);
+  is_bf16(x, op);
+}
+
+at::Tensor linear_run(const at::Tensor& x_in, const at::Tensor& w, const std::optional<at::Tensor>& scale, int fmt,
+                      int64_t n, int64_t k, bool act_quant, at::ScalarType out_dtype, const char* op) {
+  // rows are read in place when their elements are adjacent (a row stride of its own is fine)
+  const bool in_place = (k <= 1 || x_in.stride(1) == 1) && (x_in.size(0) <= 1 || x_in.stride(0) >= k);
+  const at::Tensor x = in_place ? x_in : x_in.contiguous();
+  at::Tensor y = at::empty({x.size(0), n}, x.options().dtype(out_dtype));
+  TORCH_CHECK(n < (int64_t(1) << 31) && k < (int64_t(1) << 31), op, ": N and K must be below 2^31");
+  cuda::LinearArgs a{};
+  a.x = x.data_ptr();
+  a.ldx = x.size(0) <= 1 ? k : x.stride(0);
+  a.x_bf16 = x.scalar_type() == at::kBFloat16;
+  a.w = w.data_ptr();
+  a.scale = scale ? static_cast<const uint8_t*>(scale->data_ptr()) : nullptr;
+  a.fmt = fmt;
+  a.y = y.data_ptr();
+  a.y_bf16 = out_dtype == at::kBFloat16;
+  a.M = x.size(0);
+  a.N = static_cast<int>(n);
+  a.K = static_cast<int>(k);
+  a.act_quant = act_quant;
+  const auto bytes = static_cast<int64_t>(cuda::linear_workspace_bytes(a));
+  at::Tensor workspace = at::empty({bytes}, x.options().dtype(at::kByte));
+  check_launch(cuda::linear(a, workspace.data_ptr(), current_stream()), op);
+  return y;
+}
+
+void linear_check_scale(const at::Tensor& s, const at::Tensor& w, int64_t rows, int64_t cols, const char* op,
+                        const char* what) {
+  TORCH_CHECK(s.device() == w.device() && s.is_contiguous() && s.element_size() == 1 && s.dim() == 2 &&
+                  s.size(0) == rows && s.size(1) == cols,
+              op, ": scale must be a contiguous one-byte (UE8M0) ", what, " = [", rows, ", ", cols,
+              "] tensor on the weight's device, got ", s.sizes());
+}
+
+at::Tensor fp8_linear_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale, bool act_quant) {
+  c10::cuda::CUDAGuard guard(weight.device());
+  check_cuda(weight, "fp8_linear: weight");
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kFloat8_e4m3fn,
+              "fp8_linear: weight must be a float8_e4m3fn [N, K] tensor");
+  const int64_t n = weight.size(0), k = weight.size(1);
+  linear_check_x(x, weight, k, "fp8_linear");
+  linear_check_scale(scale, weight, (n + 127) / 128, (k + 127) / 128, "fp8_linear", "[ceil(N/128), ceil(K/128)]");
+  return linear_run(x, weight, scale, cuda::kMoeFormatFp8, n, k, act_quant, x.scalar_type(), "fp8_linear");
+}
+
+at::Tensor fp4_linear_cuda(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale, bool act_quant) {
+  c10::cuda::CUDAGuard guard(packed.device());
+  check_cuda(packed, "fp4_linear: packed");
+  TORCH_CHECK(packed.dim() == 2 && packed.element_size() == 1, "fp4_linear: packed must be an int8 [N, K/2] tensor");
+  const int64_t n = packed.size(0), k = packed.size(1) * 2;
+  TORCH_CHECK(k % 32 == 0, "fp4_linear: K must be a multiple of 32, got ", k);
+  linear_check_x(x, packed, k, "fp4_linear");
+  linear_check_scale(scale, packed, n, k / 32, "fp4_linear", "[N, K/32]");
+  return linear_run(x, packed, scale, cuda::kMoeFormatFp4, n, k, act_quant, x.scalar_type(), "fp4_linear");
+}
+
+at::Tensor dense_linear_cuda(const at::Tensor& x, const at::Tensor& weight) {
+  c10::cuda::CUDAGuard guard(weight.device());
+  check_cuda(weight, "dense_linear: weight");
+  TORCH_CHECK(weight.dim() == 2, "dense_linear: weight must be [N, K]");
+  const bool w_bf16 = is_bf16(weight, "dense_linear: weight");
+  const int64_t n = weight.size(0), k = weight.size(1);
+  linear_check_x(x, weight, k, "dense_linear");
+  // the promoted dtype: bfloat16 only when both are (widening bfloat16 is exact: the kernel reads W as it is)
+  const at::ScalarType out = w_bf16 && x.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kFloat;
+  return linear_run(x, weight, std::nullopt, w_bf16 ? cuda::kMoeFormatBf16 : cuda::kMoeFormatF32, n, k, false, out,
+                    "dense_linear");
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(v4cli, CUDA, m) {
+  m.impl("fp8_linear", &fp8_linear_cuda);
+  m.impl("fp4_linear", &fp4_linear_cuda);
+  m.impl("dense_linear", &dense_linear_cuda);
+}
+
 // ---- moe: moe_experts -------------------------------------------------------------------------------------------
 
 namespace {

@@ -16,9 +16,10 @@ import torch
 from . import kernel_build, ops, ops_ref, quant
 
 SOURCES = ("cuda/registration.cpp", "cuda/norm.cu", "cuda/moe.cu", "cuda/moe_gemm.cu", "cuda/moe_gemv.cu",
-           "cuda/moe_simt.cu", "cuda/pointwise.cu", "cuda/rounding.cu", "cuda/attention.cu",
-           "cuda/attention_simt.cu", "cuda/indexer.cu")
-HEADERS = ("cuda/launch.h", "cuda/quant.cuh", "cuda/moe.cuh", "cuda/pointwise.cuh", "cuda/attention.cuh")
+           "cuda/moe_simt.cu", "cuda/linear.cu", "cuda/linear_tc.cu", "cuda/pointwise.cu", "cuda/rounding.cu",
+           "cuda/attention.cu", "cuda/attention_simt.cu", "cuda/indexer.cu")
+HEADERS = ("cuda/launch.h", "cuda/quant.cuh", "cuda/moe.cuh", "cuda/linear.cuh", "cuda/pointwise.cuh",
+           "cuda/attention.cuh")
 _built = False
 
 
@@ -84,6 +85,47 @@ def _same_device(*tensors: torch.Tensor | None) -> bool:
 _FLOATS = (torch.float32, torch.bfloat16)
 
 # ---- linear: fp8_linear, fp4_linear, dense_linear --------------------------------------------------------------
+
+
+def _rows2d(x: torch.Tensor, k: int) -> torch.Tensor:
+    """x as [M, k] rows: a view where it can be (the kernels take a row stride), a copy where not."""
+    return x if x.dim() == 2 else x.reshape(-1, k)
+
+
+def _shaped(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return y if x.dim() == 2 else y.view(*x.shape[:-1], y.shape[-1])
+
+
+def _quantized_ok(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, k_per_col: int) -> bool:
+    """What the kernels take; anything else (a shape mismatch included: the twin raises) runs the twin."""
+    return (x.dtype in _FLOATS and x.dim() >= 1 and weight.dim() == 2 and x.shape[-1] == weight.shape[1] * k_per_col
+            and scale.dim() == 2 and scale.element_size() == 1 and weight.is_cuda and _same_device(x, weight, scale))
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, act_quant: bool) -> torch.Tensor:
+    # any one-byte scale (float8_e8m0fnu or uint8) is read as UE8M0 bytes
+    if weight.dtype != torch.float8_e4m3fn or not _quantized_ok(x, weight, scale, 1):
+        return ops_ref.fp8_linear(x, weight, scale, act_quant)
+    y = torch.ops.v4cli.fp8_linear(_rows2d(x, weight.shape[1]), weight.contiguous(), scale.contiguous(),
+                                   bool(act_quant))
+    return _shaped(y, x)
+
+
+def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, act_quant: bool) -> torch.Tensor:
+    if not _quantized_ok(x, packed, scale, 2) or packed.element_size() != 1 or packed.shape[1] % 16:
+        return ops_ref.fp4_linear(x, packed, scale, act_quant)
+    y = torch.ops.v4cli.fp4_linear(_rows2d(x, packed.shape[1] * 2), packed.contiguous(), scale.contiguous(),
+                                   bool(act_quant))
+    return _shaped(y, x)
+
+
+def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    # float32 x with a bfloat16 weight (the head) reads the weight as it is: the promoted product, exactly
+    if (x.dtype not in _FLOATS or weight.dtype not in _FLOATS or weight.dim() != 2 or x.dim() < 1
+            or x.shape[-1] != weight.shape[1] or not weight.is_cuda or not _same_device(x, weight)):
+        return ops_ref.dense_linear(x, weight)
+    return _shaped(torch.ops.v4cli.dense_linear(_rows2d(x, weight.shape[1]), weight.contiguous()), x)
+
 
 # ---- moe: moe_experts -------------------------------------------------------------------------------------------
 
