@@ -260,14 +260,17 @@ def test_hc_sinkhorn_matches_twin(built, tokens):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(1, 256), (9, 4096), (3, 5, 64)])
-def test_rms_norm_equals_its_twin_bit_for_bit(built, dtype, shape):
+def test_rms_norm_matches_its_twin(built, dtype, shape):
     g = torch.Generator().manual_seed(shape[0])
     x = (torch.randn(*shape, generator=g) * 4).to(dtype)
     w = torch.rand(shape[-1], generator=g) + 0.5
+    tol = 1e-6 if dtype == torch.float32 else 1e-2  # the mean's order of summation; then bfloat16 rounding
     got = kernels.rms_norm(x, w, 1e-6)
-    assert got.dtype == dtype and torch.equal(got, ops_ref.rms_norm(x, w, 1e-6))
+    assert got.dtype == dtype
+    _close(got, ops_ref.rms_norm(x, w, 1e-6), tol)
     plain = kernels.rms_norm(x, None, 1e-6)  # the query heads' form: no weight, the product in x's dtype
-    assert plain.dtype == dtype and torch.equal(plain, ops_ref.rms_norm(x, None, 1e-6))
+    assert plain.dtype == dtype
+    _close(plain, ops_ref.rms_norm(x, None, 1e-6), tol)
     assert not torch.equal(plain, got)
     with pytest.raises(RuntimeError, match="weight must be"):
         torch.ops.v4cli.rms_norm(x, w[:-1], 1e-6)
@@ -276,7 +279,7 @@ def test_rms_norm_equals_its_twin_bit_for_bit(built, dtype, shape):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("tokens", [1, 7, 130])
 def test_hc_pre_and_post_match_their_twins(built, dtype, tokens):
-    """pre runs our dense_linear and Sinkhorn inside (summation order only); post is the twin's ATen ops."""
+    """Both differ from their twins in the order of summation only."""
     g = torch.Generator().manual_seed(tokens)
     n, d, eps = 4, 256, 1e-6
     mix = (2 + n) * n
@@ -291,7 +294,8 @@ def test_hc_pre_and_post_match_their_twins(built, dtype, tokens):
     o = torch.randn(tokens, d, generator=g).to(dtype)
     post, comb = want[1], want[2]
     y = kernels.hc_post(o, x, post, comb)
-    assert y.shape == x.shape and y.dtype == dtype and torch.equal(y, ops_ref.hc_post(o, x, post, comb))
+    assert y.shape == x.shape and y.dtype == dtype
+    _close(y, ops_ref.hc_post(o, x, post, comb), 1e-6 if dtype == torch.float32 else 1e-2)
     # the streams really mix: a stream's output depends on the others
     assert not torch.allclose(y[:, 0].float(), (post[:, 0, None] * o.float() + comb[:, 0, 0, None] * x[:, 0].float()))
 

@@ -4,15 +4,20 @@
 //
 // Driven from Python this step was ~40 small torch ops per expert (gathers, casts, clamps, the three
 // linears' wrappers, the scatter-add), several hundred per layer per decode step: host overhead that
-// decides CPU decode at V4's depth. Here the grouping is a loop over the picks and each step an ATen or
-// v4cli call from C++. The arithmetic is the twin's (ops_ref.moe_experts) op for op: the same linears, the
-// same roundings to the model's dtype between steps, and SiLU as pointwise.silu (x / (exp(-x) + 1) with
-// ATen's exp), so a token's result is the twin's up to the linears' summation order, and does not depend
-// on the other tokens as long as the linears' results do not (up to 32 rows per expert).
+// decides CPU decode at V4's depth. Here the grouping is a loop over the picks, the linears are our kernels
+// and the rest loops over raw rows. The arithmetic is the twin's (ops_ref.moe_experts) step for step: the
+// same linears, the same roundings to the model's dtype between steps, and SiLU as pointwise.silu
+// (x / (exp(-x) + 1)), so a token's result is the twin's up to the linears' summation order and the exp's
+// last bit, and does not depend on the other tokens as long as the linears' results do not (up to 32 rows
+// per expert).
 
 #include <ATen/ATen.h>
+#include <c10/util/BFloat16.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "../ops.h"
@@ -20,6 +25,11 @@
 
 namespace v4cli {
 namespace {
+
+// Values rounded to bfloat16 in place (nearest even, as torch's cast), kept as float32.
+void round_bf16(float* p, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) p[i] = static_cast<float>(c10::BFloat16(p[i]));
+}
 
 // A linear in its weight's format, as model.linear.Linear runs it through the kernels, rounded to the model's
 // dtype (`bf16`) and returned as float32. x is float32 holding values of the model's dtype.
@@ -33,7 +43,8 @@ at::Tensor expert_linear(const at::Tensor& x, const at::Tensor& w, const at::Ten
     const bool narrow = bf16 && w.scalar_type() == at::kBFloat16;
     y = dense_linear_cpu(narrow ? x.to(at::kBFloat16) : x, w).to(at::kFloat);
   }
-  return bf16 ? y.to(at::kBFloat16).to(at::kFloat) : y;
+  if (bf16) round_bf16(y.data_ptr<float>(), y.numel());
+  return y;
 }
 
 void check_lists(at::TensorList w, at::TensorList s, size_t n, const char* name) {
@@ -74,21 +85,36 @@ at::Tensor moe_experts_cpu(const at::Tensor& x, const at::Tensor& weights, const
   std::vector<int64_t> active;
   for (size_t e = 0; e < n_experts; ++e)
     if (!rows[e].empty()) active.push_back(static_cast<int64_t>(e));
-  std::vector<at::Tensor> idx(n_experts), out(n_experts);
+  std::vector<at::Tensor> out(n_experts);
+  const int64_t D = x.size(1);
+  const float* xp = x.data_ptr<float>();
+  const float lim = static_cast<float>(limit);
   auto run = [&](int64_t e) {
     const int64_t n = static_cast<int64_t>(rows[e].size());
-    idx[e] = at::from_blob(rows[e].data(), {n}, at::kLong).clone();
-    const at::Tensor gain = at::from_blob(gains[e].data(), {n, 1}, at::kFloat).clone();
-    const at::Tensor xe = n == tokens ? x : x.index_select(0, idx[e]);
-    at::Tensor gate = expert_linear(xe, w1[e], s1[e], act_quant, bf16);
-    at::Tensor up = expert_linear(xe, w3[e], s3[e], act_quant, bf16);
-    if (limit > 0) {
-      up = up.clamp(-limit, limit);
-      gate = gate.clamp_max(limit);
+    at::Tensor xe = x;
+    if (n != tokens) {  // this expert's token rows, gathered
+      xe = at::empty({n, D}, x.options());
+      float* dst = xe.data_ptr<float>();
+      for (int64_t i = 0; i < n; ++i) std::memcpy(dst + i * D, xp + rows[e][i] * D, D * sizeof(float));
     }
-    at::Tensor h = gain * (gate / at::exp(-gate).add_(1) * up);
-    if (bf16) h = h.to(at::kBFloat16).to(at::kFloat);
-    out[e] = expert_linear(h.contiguous(), w2[e], s2[e], act_quant, bf16);
+    at::Tensor gate = expert_linear(xe, w1[e], s1[e], act_quant, bf16);
+    const at::Tensor up = expert_linear(xe, w3[e], s3[e], act_quant, bf16);
+    // h = gain * silu(min(gate, limit)) * clamp(up, -limit, limit), in gate's buffer; silu as
+    // pointwise.silu: g / (exp(-g) + 1)
+    float* g = gate.data_ptr<float>();
+    const float* u = up.data_ptr<float>();
+    const int64_t inter = gate.size(1);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < inter; ++j) {
+        float gv = g[i * inter + j], uv = u[i * inter + j];
+        if (lim > 0) {
+          uv = std::min(std::max(uv, -lim), lim);
+          gv = std::min(gv, lim);
+        }
+        g[i * inter + j] = gains[e][i] * (gv / (std::exp(-gv) + 1.f) * uv);
+      }
+    if (bf16) round_bf16(g, n * inter);
+    out[e] = expert_linear(gate, w2[e], s2[e], act_quant, bf16);
   };
   // Experts too small for their linears to split across threads (under ~256K weights, a decode step of a
   // narrow model) run side by side, one expert a task; larger ones one after the other, each linear using
@@ -103,7 +129,14 @@ at::Tensor moe_experts_cpu(const at::Tensor& x, const at::Tensor& weights, const
     for (const int64_t e : active) run(e);
   }
   at::Tensor y = at::zeros(x.sizes(), x.options());
-  for (const int64_t e : active) y.index_add_(0, idx[e], out[e]);
+  float* yp = y.data_ptr<float>();
+  for (const int64_t e : active) {  // experts in ascending order, as the twin's loop adds them
+    const float* o = out[e].data_ptr<float>();
+    for (size_t i = 0; i < rows[e].size(); ++i) {
+      float* yr = yp + rows[e][i] * D;
+      for (int64_t j = 0; j < D; ++j) yr[j] += o[i * D + j];
+    }
+  }
   return y;
 }
 

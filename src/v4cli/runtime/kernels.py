@@ -179,7 +179,8 @@ def fp4_round(x: torch.Tensor, block: int = quant.FP4_BLOCK) -> torch.Tensor:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
-    if weight is not None and (weight.device.type != "cpu" or weight.dtype != torch.float32):
+    if x.dtype not in _ATTN_DTYPES or (weight is not None and (weight.device.type != "cpu"
+                                                                or weight.dtype != torch.float32)):
         return ops_ref.rms_norm(x, weight, eps)
     return torch.ops.v4cli.rms_norm(x, weight, eps)
 
@@ -192,6 +193,6 @@ def hc_pre(x: torch.Tensor, fn: torch.Tensor, scale: torch.Tensor, base: torch.T
 
 
 def hc_post(o: torch.Tensor, x: torch.Tensor, post: torch.Tensor, comb: torch.Tensor) -> torch.Tensor:
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or x.dtype not in _ATTN_DTYPES or comb.dtype != torch.float32:
         return ops_ref.hc_post(o, x, post, comb)
     return torch.ops.v4cli.hc_post(o, x, post, comb)
