@@ -173,7 +173,9 @@ class Attention(nn.Module):
             key = wo_a.weight.data_ptr()
             if self._wo_a_dense is None or self._wo_a_dense[0] != key:
                 self._wo_a_dense = (key, wo_a.dense().float().view(self.groups, r, -1))
-            z = torch.einsum("sgd,grd->sgr", grouped.float(), self._wo_a_dense[1]).to(o.dtype)
+            # dense_linear, not a batched matmul: a row's product must not depend on the other rows
+            w = self._wo_a_dense[1]
+            z = torch.stack([ops.dense_linear(grouped[:, g].float(), w[g]) for g in range(self.groups)], 1).to(o.dtype)
         return self.wo_b(z.flatten(1))
 
 
