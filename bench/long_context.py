@@ -122,6 +122,12 @@ def main() -> None:
         f"entries per layer (compressed, indexer keys): {end_state['entries']}",
         f"chunk time fit: {fa:.3f} s + {fb * 1e6:.3f} us x position (chunk of {a.chunk})",
     ]
+    quarter = a.tokens // 4
+    if quarter >= a.chunk and quarter % a.chunk == 0:  # the same prefill passes N/4 on its way to N
+        t_quarter = sum(sec for start, sec in marks if start < quarter)
+        t_all = sum(sec for _, sec in marks)
+        lines.append(f"prefill time {quarter:,} -> {a.tokens:,} tokens (4x): {t_quarter:,.1f} s -> {t_all:,.1f} s, "
+                     f"**{t_all / t_quarter:.2f}x** (linear: 4x)")
     if est is not None:
         lines.append(f"estimated prefill of {a.estimate:,} tokens: ~{est:,.0f} s ({est / 60:,.0f} min) from that fit; "
                      f"a linear extrapolation would say {lin:,.0f} s")
