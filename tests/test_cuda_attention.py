@@ -7,22 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from v4cli.runtime import cuda_kernels, kernels, ops
+from cudakit import installed, rel  # noqa: F401 (installed: an autouse fixture)
+from v4cli.runtime import cuda_kernels, ops
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def installed() -> None:
-    line = kernels.install("cuda")
-    assert "CUDA kernels:" in line, line
-    yield
-    ops.reset()
-
-
-def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
-    assert not got.isnan().any()
-    return ((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30)).item()
 
 
 def _attention_f64(q, kv, sink, idx, scale, dense, limit) -> torch.Tensor:
@@ -88,7 +76,7 @@ def test_sparse_attention(dtype: torch.dtype, shape: tuple[int, ...]) -> None:
     got = cuda_kernels.sparse_attention(*args)
     want = _attention_f64(*args)
     assert got.dtype == dtype and got.shape == (S, H, D)
-    assert _rel(got, want) < (1e-5 if dtype == torch.float32 else 1e-2)
+    assert rel(got, want) < (1e-5 if dtype == torch.float32 else 1e-2)
     if S > 1:
         assert torch.equal(got[-1].float(), torch.zeros_like(got[-1].float()))
 
@@ -98,7 +86,7 @@ def test_sparse_attention_long_prefill(dtype: torch.dtype) -> None:
     args = _attention_inputs(4096, 64, 512, 5000, 640, 0, dtype, seed=1)
     got = cuda_kernels.sparse_attention(*args)
     want = _attention_f64(*args)
-    assert _rel(got, want) < (1e-5 if dtype == torch.float32 else 1e-2)
+    assert rel(got, want) < (1e-5 if dtype == torch.float32 else 1e-2)
 
 
 def test_sparse_attention_takes_strided_and_unaligned_views() -> None:
@@ -106,7 +94,7 @@ def test_sparse_attention_takes_strided_and_unaligned_views() -> None:
     q2 = q.transpose(0, 1).contiguous().transpose(0, 1)  # strided
     kv2 = kv.new_empty(200 * 512 + 1)[1:].view(200, 512).copy_(kv)  # 2 bytes off: not 16-byte aligned rows
     got = cuda_kernels.sparse_attention(q2, kv2, sink, idx.int(), scale, dense, limit)
-    assert _rel(got, _attention_f64(q, kv, sink, idx, scale, dense, limit)) < 1e-2
+    assert rel(got, _attention_f64(q, kv, sink, idx, scale, dense, limit)) < 1e-2
 
 
 def _indexer_f64(q, w, keys) -> torch.Tensor:
@@ -138,7 +126,7 @@ def test_indexer_scores(dtype: torch.dtype, shape: tuple[int, ...]) -> None:
     # bfloat16: the twin's roundings (products, weights, the sum) are within the tolerance of the exact value
     want = _indexer_f64(q, w, keys)
     assert got.dtype == torch.float32 and got.shape == (S, T)
-    assert _rel(got, want) < (1e-5 if dtype == torch.float32 else 1e-2)
+    assert rel(got, want) < (1e-5 if dtype == torch.float32 else 1e-2)
 
 
 def test_indexer_scores_at_a_long_context() -> None:
@@ -146,7 +134,7 @@ def test_indexer_scores_at_a_long_context() -> None:
     q = torch.randn(4, 64, 128, device="cuda", generator=g).bfloat16()
     keys = torch.randn(262144, 128, device="cuda", generator=g).bfloat16()
     w = torch.randn(4, 64, device="cuda", generator=g) / 90
-    assert _rel(cuda_kernels.indexer_scores(q, w, keys), _indexer_f64(q, w, keys)) < 1e-2
+    assert rel(cuda_kernels.indexer_scores(q, w, keys), _indexer_f64(q, w, keys)) < 1e-2
 
 
 def test_the_seam_routes_cuda_tensors_here() -> None:

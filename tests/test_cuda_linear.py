@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cudakit import rel
 from v4cli.runtime import cuda_kernels, kernels, ops, ops_ref, quant
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -44,11 +45,6 @@ def _fp4(n: int, k: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor
     return quant.quantize_fp4(_randn(n, k, g=g, std=k**-0.5))
 
 
-def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
-    assert not got.isnan().any()
-    return ((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30)).item()
-
-
 def _tol(dtype: torch.dtype) -> float:
     return 1e-5 if dtype == F32 else 1e-2
 
@@ -72,7 +68,7 @@ def test_fp8_linear_at_model_shapes(n: int, k: int, rows: int) -> None:
     x = _randn(rows, k, g=g).to(BF16)
     got = cuda_kernels.fp8_linear(x, w, s, True)
     assert got.dtype == BF16 and got.shape == (rows, n)
-    assert _rel(got, _quant_ref("fp8_linear", x, w, s, True)) < 1e-2
+    assert rel(got, _quant_ref("fp8_linear", x, w, s, True)) < 1e-2
 
 
 @pytest.mark.parametrize("n,k", [(2048, HIDDEN), (HIDDEN, 2048)])
@@ -83,7 +79,7 @@ def test_fp4_linear_at_model_shapes(n: int, k: int, rows: int) -> None:
     x = _randn(rows, k, g=g).to(BF16)
     got = cuda_kernels.fp4_linear(x, w, s, True)
     assert got.dtype == BF16 and got.shape == (rows, n)
-    assert _rel(got, _quant_ref("fp4_linear", x, w, s, True)) < 1e-2
+    assert rel(got, _quant_ref("fp4_linear", x, w, s, True)) < 1e-2
 
 
 @pytest.mark.parametrize("op", ["fp8_linear", "fp4_linear"])
@@ -96,7 +92,7 @@ def test_float32_and_unrounded_inputs(op: str, dtype: torch.dtype, act: bool) ->
         x = _randn(rows, k, g=g).to(dtype)
         got = getattr(cuda_kernels, op)(x, w, s, act)
         assert got.dtype == dtype
-        assert _rel(got, _quant_ref(op, x, w, s, act)) < _tol(dtype)
+        assert rel(got, _quant_ref(op, x, w, s, act)) < _tol(dtype)
 
 
 # (N, K) off the tensor cores' steps (SIMT) and on them with N tails
@@ -112,7 +108,7 @@ def test_ragged_shapes(op: str, n: int, k: int, dtype: torch.dtype, act: bool) -
         x = _randn(rows, k, g=g).to(dtype)
         got = getattr(cuda_kernels, op)(x, w, s, act)
         assert got.shape == (rows, n) and got.dtype == dtype
-        assert _rel(got, _quant_ref(op, x, w, s, act)) < _tol(dtype)
+        assert rel(got, _quant_ref(op, x, w, s, act)) < _tol(dtype)
 
 
 def test_act_quant_is_the_references_rounding() -> None:
@@ -133,7 +129,7 @@ def test_a_strided_group_of_the_heads_output() -> None:
     x = _randn(8, 8, 4096, g=g).to(BF16)[:, -1]
     assert not x.is_contiguous()
     got = cuda_kernels.fp8_linear(x, w, s, False)
-    assert _rel(got, _quant_ref("fp8_linear", x.contiguous(), w, s, False)) < 1e-2
+    assert rel(got, _quant_ref("fp8_linear", x.contiguous(), w, s, False)) < 1e-2
 
 
 def test_empty_and_batched_shapes() -> None:
@@ -161,7 +157,7 @@ def test_dense_linear(n: int, k: int, w_dtype: torch.dtype, x_dtype: torch.dtype
         x = _randn(rows, k, g=g).to(x_dtype)
         got = cuda_kernels.dense_linear(x, w)
         assert got.dtype == out_dtype and got.shape == (rows, n)
-        assert _rel(got, x.double() @ w.double().t()) < _tol(out_dtype)
+        assert rel(got, x.double() @ w.double().t()) < _tol(out_dtype)
 
 
 @pytest.mark.parametrize("case", ["fp8", "fp8 wide", "fp8 ragged", "fp4", "head", "dense f32", "dense bf16 ragged"])

@@ -5,22 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from v4cli.runtime import cuda_kernels, kernels, ops, ops_ref
+from cudakit import installed, rel  # noqa: F401 (installed: an autouse fixture)
+from v4cli.runtime import cuda_kernels, ops, ops_ref
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def installed() -> None:
-    line = kernels.install("cuda")
-    assert "CUDA kernels:" in line, line
-    yield
-    ops.reset()
-
-
-def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
-    assert not got.isnan().any()
-    return ((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30)).item()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -31,7 +19,7 @@ def test_rms_norm(dtype: torch.dtype, shape: tuple[int, ...]) -> None:
     got = cuda_kernels.rms_norm(x, w, 1e-6)
     want = ops_ref.rms_norm(x.double(), w.double(), 1e-6)
     assert got.dtype == dtype and got.shape == x.shape
-    assert _rel(got, want) < (1e-5 if dtype == torch.float32 else 1e-2)
+    assert rel(got, want) < (1e-5 if dtype == torch.float32 else 1e-2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -45,7 +33,7 @@ def test_hc_post(dtype: torch.dtype, tokens: int, d: int) -> None:
     got = cuda_kernels.hc_post(o, x, post, comb)
     want = ops_ref.hc_post(o.double(), x.double(), post.double(), comb.double())
     assert got.dtype == dtype and got.shape == x.shape
-    assert _rel(got, want) < (1e-5 if dtype == torch.float32 else 1e-2)
+    assert rel(got, want) < (1e-5 if dtype == torch.float32 else 1e-2)
 
 
 def test_the_seam_routes_cuda_tensors_here_and_cpu_tensors_elsewhere() -> None:
@@ -69,4 +57,4 @@ def test_hc_pre(dtype: torch.dtype, tokens: int, d: int) -> None:
     want = ops_ref.hc_pre(x.double(), fn.double(), scale.double(), base.double(), n, 20, 1e-6, 1e-6)
     assert got[0].dtype == dtype and got[0].shape == (tokens, d)
     for a, b in zip(got, want, strict=True):
-        assert a.shape == b.shape and _rel(a, b) < (1e-4 if dtype == torch.float32 else 1e-2)
+        assert a.shape == b.shape and rel(a, b) < (1e-4 if dtype == torch.float32 else 1e-2)

@@ -8,25 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from v4cli.runtime import cuda_kernels, kernels, ops, ops_ref
+from cudakit import installed, rel  # noqa: F401 (installed: an autouse fixture)
+from v4cli.runtime import cuda_kernels, ops, ops_ref
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 
 POINTWISE = ("hc_sinkhorn", "rope", "hadamard", "fp8_round", "fp4_round")
 ROWS = (1, 8, 32, 512, 77)  # decode, prefill, a ragged tail
-
-
-@pytest.fixture(scope="module", autouse=True)
-def installed() -> None:
-    line = kernels.install("cuda")
-    assert "CUDA kernels:" in line, line
-    yield
-    ops.reset()
-
-
-def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
-    assert not got.isnan().any()
-    return ((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30)).item()
 
 
 def _tol(dtype: torch.dtype) -> float:
@@ -58,7 +46,7 @@ def test_hc_sinkhorn(n: int, rows: int) -> None:
     want = ops_ref.hc_sinkhorn(mixes.double(), scale.double(), base.double(), n, 20, 1e-6)
     for g, w, shape in zip(got, want, [(rows, n), (rows, n), (rows, n, n)], strict=True):
         assert g.dtype == torch.float32 and g.shape == shape and g.is_cuda
-        assert _rel(g, w) < 1e-5
+        assert rel(g, w) < 1e-5
 
 
 @pytest.mark.parametrize("iters", [1, 2, 7])
@@ -67,7 +55,7 @@ def test_hc_sinkhorn_iterations(iters: int) -> None:
     got = cuda_kernels.hc_sinkhorn(mixes, scale, base, 4, iters, 1e-6)
     want = ops_ref.hc_sinkhorn(mixes.double(), scale.double(), base.double(), 4, iters, 1e-6)
     for g, w in zip(got, want, strict=True):
-        assert _rel(g, w) < 1e-5
+        assert rel(g, w) < 1e-5
 
 
 def test_hc_sinkhorn_takes_bf16_logits_host_scales_and_no_rows() -> None:
@@ -75,7 +63,7 @@ def test_hc_sinkhorn_takes_bf16_logits_host_scales_and_no_rows() -> None:
     got = torch.ops.v4cli.hc_sinkhorn(mixes.bfloat16(), scale.cpu(), base, 4, 20, 1e-6)
     want = ops_ref.hc_sinkhorn(mixes.bfloat16().double(), scale.double(), base.double(), 4, 20, 1e-6)
     for g, w in zip(got, want, strict=True):
-        assert g.dtype == torch.float32 and _rel(g, w) < 1e-5
+        assert g.dtype == torch.float32 and rel(g, w) < 1e-5
     empty = cuda_kernels.hc_sinkhorn(mixes[:0], scale, base, 4, 20, 1e-6)
     assert [tuple(t.shape) for t in empty] == [(0, 4), (0, 4), (0, 4, 4)]
 
@@ -91,7 +79,7 @@ def _check_rope(x: torch.Tensor, half: int, inverse: bool) -> None:
     got = cuda_kernels.rope(x, cos, sin, inverse)
     want = ops_ref.rope(x.double(), cos.double(), sin.double(), inverse)
     assert got.dtype == x.dtype and got.shape == x.shape
-    assert _rel(got, want) < _tol(x.dtype)
+    assert rel(got, want) < _tol(x.dtype)
     nope = x.shape[-1] - 2 * half
     assert torch.equal(got[..., :nope], x[..., :nope])  # the other dims copied
 
@@ -138,7 +126,7 @@ def test_rope_falls_back_for_broadcast_angles() -> None:
 def _check_hadamard(x: torch.Tensor) -> None:
     got = cuda_kernels.hadamard(x)
     assert got.dtype == x.dtype and got.shape == x.shape
-    assert _rel(got, ops_ref.hadamard(x.double())) < _tol(x.dtype)
+    assert rel(got, ops_ref.hadamard(x.double())) < _tol(x.dtype)
 
 
 @pytest.mark.parametrize("rows", ROWS)

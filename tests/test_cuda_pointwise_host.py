@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cudakit import rel
 from v4cli.runtime import ops_ref
 from v4cli.runtime.kernel_build import CSRC
 
@@ -90,11 +91,6 @@ def _run(exe: Path, mode: str, inputs: list[torch.Tensor], *args: object) -> tor
     return torch.frombuffer(bytearray(dst.read_bytes()), dtype=torch.float32)
 
 
-def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
-    assert not got.isnan().any()
-    return ((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30)).item()
-
-
 def _tol(dtype: torch.dtype) -> float:
     return 1e-5 if dtype == torch.float32 else 1e-2
 
@@ -108,7 +104,7 @@ def test_hc_sinkhorn(host: Path, n: int, rows: int) -> None:
     want = ops_ref.hc_sinkhorn(mixes.double(), scale.double(), base.double(), n, 20, 1e-6)
     assert got.numel() == rows * (2 * n + n * n)
     for g_, w in zip(got.split([rows * n, rows * n, rows * n * n]), want, strict=True):
-        assert _rel(g_, w.flatten()) < 1e-5
+        assert rel(g_, w.flatten()) < 1e-5
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -131,7 +127,7 @@ def test_rope(host: Path, dtype: torch.dtype, shape: tuple[int, ...], half: int,
     got = _run(host, "rope", [x, cos, sin], shape[0], per_row, shape[-1], half, int(inverse),
                int(dtype == torch.bfloat16), misalign).view(shape)
     want = ops_ref.rope(x.double(), cos.double(), sin.double(), inverse)
-    assert _rel(got, want) < _tol(dtype)
+    assert rel(got, want) < _tol(dtype)
     assert torch.equal(got.to(dtype), ops_ref.rope(x, cos, sin, inverse))  # the CPU twin's roundings, exactly
 
 
@@ -140,7 +136,7 @@ def test_rope(host: Path, dtype: torch.dtype, shape: tuple[int, ...], half: int,
 def test_hadamard(host: Path, dtype: torch.dtype, rows: int, d: int) -> None:
     x = torch.randn(rows, d, generator=torch.Generator().manual_seed(d + rows)).to(dtype)
     got = _run(host, "hadamard", [x], rows, d, int(dtype == torch.bfloat16)).view(rows, d)
-    assert _rel(got, ops_ref.hadamard(x.double())) < _tol(dtype)
+    assert rel(got, ops_ref.hadamard(x.double())) < _tol(dtype)
     assert torch.equal(got.to(dtype), ops_ref.hadamard(x))
 
 
