@@ -104,16 +104,22 @@ at::Tensor moe_experts_cpu(const at::Tensor& x, const at::Tensor& weights, const
     float* g = gate.data_ptr<float>();
     const float* u = up.data_ptr<float>();
     const int64_t inter = gate.size(1);
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < inter; ++j) {
-        float gv = g[i * inter + j], uv = u[i * inter + j];
-        if (lim > 0) {
-          uv = std::min(std::max(uv, -lim), lim);
-          gv = std::min(gv, lim);
+    // rows on torch's threads (a prefill chunk's SwiGLU is millions of exps; inline when already in a task)
+    parallel_tasks(n, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, inter)), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        float* gi = g + i * inter;
+        const float* ui = u + i * inter;
+        for (int64_t j = 0; j < inter; ++j) {
+          float gv = gi[j], uv = ui[j];
+          if (lim > 0) {
+            uv = std::min(std::max(uv, -lim), lim);
+            gv = std::min(gv, lim);
+          }
+          gi[j] = gains[e][i] * (gv / (std::exp(-gv) + 1.f) * uv);
         }
-        g[i * inter + j] = gains[e][i] * (gv / (std::exp(-gv) + 1.f) * uv);
+        if (bf16) round_bf16(gi, inter);
       }
-    if (bf16) round_bf16(g, n * inter);
+    });
     out[e] = expert_linear(gate, w2[e], s2[e], act_quant, bf16);
   };
   // Experts too small for their linears to split across threads (under ~256K weights, a decode step of a
@@ -132,10 +138,13 @@ at::Tensor moe_experts_cpu(const at::Tensor& x, const at::Tensor& weights, const
   float* yp = y.data_ptr<float>();
   for (const int64_t e : active) {  // experts in ascending order, as the twin's loop adds them
     const float* o = out[e].data_ptr<float>();
-    for (size_t i = 0; i < rows[e].size(); ++i) {
-      float* yr = yp + rows[e][i] * D;
-      for (int64_t j = 0; j < D; ++j) yr[j] += o[i * D + j];
-    }
+    const int64_t n = static_cast<int64_t>(rows[e].size());  // distinct tokens: their rows split freely
+    parallel_tasks(n, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, D)), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        float* yr = yp + rows[e][i] * D;
+        for (int64_t j = 0; j < D; ++j) yr[j] += o[i * D + j];
+      }
+    });
   }
   return y;
 }
