@@ -94,13 +94,16 @@ def _float_export(src: Path, dst: Path, dtype: torch.dtype) -> None:
     saying FP8) and the index copied unchanged but for the names."""
     dst.mkdir()
     shutil.copyfile(src / "config.json", dst / "config.json")
-    weight_map = {}
+    weight_map, scales = {}, {}
+    for f in sorted(src.glob("*.safetensors")):  # a weight's scale may sit in another shard
+        with safe_open(str(f), "pt") as s:
+            scales.update({k: s.get_tensor(k) for k in s.keys() if k.endswith(".scale")})  # noqa: SIM118
     for f in sorted(src.glob("*.safetensors")):
         with safe_open(str(f), "pt") as s:
             t = {k: s.get_tensor(k) for k in s.keys()}  # noqa: SIM118 (not a dict)
         out = {}
         for name, v in t.items():
-            scale = t.get(name.removesuffix(".weight") + ".scale") if name.endswith(".weight") else None
+            scale = scales.get(name.removesuffix(".weight") + ".scale") if name.endswith(".weight") else None
             if name.endswith(".scale"):
                 continue
             if scale is not None:

@@ -8,8 +8,9 @@
 // FP8 rounding on, an ulp in one row flips a rounding and cascades into another token, so a request in a
 // batch would not generate what it generates alone. Here every output y[m, n] is one dot product of
 // x[m] and W[n] summed in one fixed order (L lanes, each lane k = j, j+L, ... in turn with FMAs, then a
-// fixed tree over the lanes; L = 16, or 8 with AVX2), whatever M, the tile the output falls in, or the
-// thread that runs it. Register tiles of 4 input rows x 4 weight rows (2 x 4 with AVX2) read W once for
+// fixed tree over the lanes; L = 16, or 8 with AVX2; with a bfloat16 W and float32 x on AVX2/AVX-512 the
+// lanes take the even and then the odd inputs of each block of 2L), whatever M, the tile the output falls
+// in, or the thread that runs it. Register tiles of 4 input rows x 4 weight rows (2 x 4 with AVX2) read W once for
 // every tile of input rows (once for a decode batch that fits one, from cache after that).
 
 #include <c10/util/BFloat16.h>
@@ -43,6 +44,8 @@ constexpr int kTileRows = 4;     // input rows per register tile
 constexpr int kTileCols = 4;     // weight rows (outputs) per register tile
 #if defined(V4_DENSE_AVX2)
 constexpr int kSingleRowCols = 8;  // one input row (decode): 8 weight rows at a time, more loads in flight
+#elif defined(__AVX512F__)
+constexpr int kSingleRowCols = 2;  // measured on Zen 4: 2 weight rows at a time stream ~1.5x faster than 4
 #else
 constexpr int kSingleRowCols = kTileCols;
 #endif
@@ -200,61 +203,72 @@ void tile(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t ldw, int64_
 }
 #endif
 
-#if defined(V4_DENSE_AVX2)
-constexpr int64_t kPairBlock = 16;  // bfloat16 weights per 32-byte load: 8 even and 8 odd ones
+#if defined(__AVX512F__) || defined(V4_DENSE_AVX2)
+#define V4_DENSE_SPLIT 1
+constexpr int64_t kPairBlock = 2 * kLanes;  // bfloat16 weights per vector load: kLanes even and kLanes odd ones
 
-// AVX2 widens bfloat16 without a shuffle: a 32-bit lane holding the pair (w[2j], w[2j+1]) gives w[2j] by a
-// shift and w[2j+1] by a mask, two cheap ops for 16 weights (vpmovzxwd per 8 made the head compute-bound at
-// a fifth of the bandwidth). The input comes split the same way (`split_pairs`), and each output adds its
-// even then its odd products lane by lane, in this one order for every row count.
+// float32 x with bfloat16 W widens W without a shuffle: a 32-bit lane holding the pair (w[2j], w[2j+1]) gives
+// w[2j] by a shift and w[2j+1] by a mask, two cheap ops for 2 kLanes weights (vpmovzxwd per kLanes made the head
+// compute-bound, at a fifth of the bandwidth with AVX2 and half of it with AVX-512). The input comes split the
+// same way (`split_pairs`), and each output adds its even then its odd products lane by lane, block by block:
+// the order of the float32 tile over the split input and weights (`widen_split`), so both give the same sums.
 template <int RM, int RN, typename TY>
 void tile(const float* x, int64_t ldx, const uint16_t* w, int64_t ldw, int64_t k, TY* y, int64_t ldy) {
-  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
-  __m256 acc[RM][RN];
+  const u32xN high = u32xN{} + 0xFFFF0000u;
+  vecN acc[RM][RN];
   for (int r = 0; r < RM; ++r)
-    for (int c = 0; c < RN; ++c) acc[r][c] = _mm256_setzero_ps();
-  auto step = [&](const __m256i* wv, int64_t i) {
-    __m256 xe[RM], xo[RM];
+    for (int c = 0; c < RN; ++c) acc[r][c] = vecN{};
+  auto step = [&](const u32xN* wv, int64_t i) {
+    vecN xe[RM], xo[RM];
     for (int r = 0; r < RM; ++r) {
-      xe[r] = in_register(_mm256_loadu_ps(x + r * ldx + i));
-      xo[r] = in_register(_mm256_loadu_ps(x + r * ldx + i + 8));
+      xe[r] = in_register(load(x + r * ldx + i));
+      xo[r] = in_register(load(x + r * ldx + i + kLanes));
     }
     for (int c = 0; c < RN; ++c) {
-      const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(wv[c], 16));
-      const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(wv[c], high));
-      for (int r = 0; r < RM; ++r) acc[r][c] = _mm256_fmadd_ps(xo[r], wo, _mm256_fmadd_ps(xe[r], we, acc[r][c]));
+      const vecN we = (vecN)(wv[c] << 16), wo = (vecN)(wv[c] & high);
+      for (int r = 0; r < RM; ++r) acc[r][c] = fmadd(xo[r], wo, fmadd(xe[r], we, acc[r][c]));
     }
   };
   int64_t i = 0;
   for (; i + kPairBlock <= k; i += kPairBlock) {
-    __m256i wv[RN];
-    for (int c = 0; c < RN; ++c) wv[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c * ldw + i));
+    u32xN wv[RN];
+    for (int c = 0; c < RN; ++c) std::memcpy(&wv[c], w + c * ldw + i, sizeof wv[c]);
     step(wv, i);
   }
   if (i < k) {  // zeros past the end (in the weights here, in the split input) add nothing
-    __m256i wv[RN];
+    u32xN wv[RN];
     for (int c = 0; c < RN; ++c) {
       uint16_t buf[kPairBlock] = {};
       std::memcpy(buf, w + c * ldw + i, (k - i) * sizeof(uint16_t));
-      wv[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(buf));
+      std::memcpy(&wv[c], buf, sizeof wv[c]);
     }
     step(wv, i);
   }
   for (int r = 0; r < RM; ++r)
-    for (int c = 0; c < RN; ++c) store(y + r * ldy + c, hsum((vec8)acc[r][c]));
+    for (int c = 0; c < RN; ++c) store(y + r * ldy + c, hsum(acc[r][c]));
 }
 
-// Rows of x [m, k] with each block of 16 inputs reordered as the tile reads its weights: the 8 even inputs,
-// then the 8 odd ones; zeros to a whole block.
+// The position of input i of a row in the split order: blocks of kPairBlock, kLanes even inputs, then the odd.
+inline int64_t split_at(int64_t i) {
+  const int64_t b = i / kPairBlock * kPairBlock, j = i - b;
+  return b + (j % 2) * kLanes + j / 2;
+}
+
+// Rows of x [m, k] in the split order, zeros to a whole block; *ld is the padded row length.
 std::vector<float> split_pairs(const float* x, int64_t m_rows, int64_t k, int64_t* ld) {
   *ld = (k + kPairBlock - 1) / kPairBlock * kPairBlock;
   std::vector<float> out(m_rows * *ld, 0.f);
   for (int64_t m = 0; m < m_rows; ++m)
-    for (int64_t i = 0; i < k; ++i) {
-      const int64_t b = i / kPairBlock * kPairBlock, j = i - b;
-      out[m * *ld + b + (j % 2) * 8 + j / 2] = x[m * k + i];
-    }
+    for (int64_t i = 0; i < k; ++i) out[m * *ld + split_at(i)] = x[m * k + i];
   return out;
+}
+
+// rn rows of bfloat16 W widened to float32 in the split order (rows of ld, zeros past k): the float32 tile over
+// them and the split input sums exactly as the bfloat16 tile above.
+void widen_split(const uint16_t* w, int rn, int64_t k, int64_t ld, float* out) {
+  std::fill(out, out + rn * ld, 0.f);
+  for (int r = 0; r < rn; ++r)
+    for (int64_t i = 0; i < k; ++i) out[r * ld + split_at(i)] = c10::BFloat16(w[r * k + i], c10::BFloat16::from_bits());
 }
 #endif
 
@@ -297,24 +311,25 @@ void dense_rows(const TX* x, const T* w, TY* y, int64_t m_rows, int64_t n_out, i
   const int64_t task = kBlockCols * k * std::min(m_rows, kBlockRows);
   const int64_t grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(1, task));
   // bfloat16 weights serving several row tiles are widened once per weight tile, not once per row tile.
-  // (Not with vdpbf16ps, which reads bfloat16 as it is.)
   // (Not with vdpbf16ps, which reads bfloat16 as it is, nor with AVX2, whose tile widens for free.)
-#if defined(V4_DENSE_AVX2)
-  constexpr bool widen_any = false;
+  constexpr bool split_w = std::is_same<TX, float>::value && std::is_same<T, uint16_t>::value;
   int64_t ldx = k;
   std::vector<float> split;
-  if constexpr (std::is_same<TX, float>::value && std::is_same<T, uint16_t>::value) {
+#if defined(V4_DENSE_SPLIT)
+  if constexpr (split_w) {
     split = split_pairs(x, m_rows, k, &ldx);
     x = split.data();
   }
+#endif
+#if defined(V4_DENSE_AVX2)
+  constexpr bool widen_any = false;
 #else
   constexpr bool widen_any = true;
-  const int64_t ldx = k;
 #endif
   const bool widen =
       widen_any && std::is_same<TX, float>::value && !std::is_same<T, float>::value && m_rows > kTileRows;
   parallel_tasks(row_blocks * col_blocks, grain, [&](int64_t t0, int64_t t1) {
-    std::vector<float> wide(widen ? kTileCols * k : 0);
+    std::vector<float> wide(widen ? kTileCols * ldx : 0);
     for (int64_t t = t0; t < t1; ++t) {
       // Weight blocks outermost: consecutive tasks share the block of input rows and stream W.
       const int64_t m0 = (t % row_blocks) * kBlockRows, n0 = (t / row_blocks) * kBlockCols;
@@ -322,16 +337,22 @@ void dense_rows(const TX* x, const T* w, TY* y, int64_t m_rows, int64_t n_out, i
       const int64_t cols = m_rows == 1 ? kSingleRowCols : kTileCols;
       for (int64_t n = n0; n < n1; n += cols) {
         const int rn = static_cast<int>(std::min<int64_t>(cols, n1 - n));
-        if (widen) widen_rows(w + n * k, rn * k, wide.data());
+        if (widen) {
+#if defined(V4_DENSE_SPLIT)
+          if constexpr (split_w) widen_split(w + n * k, rn, k, ldx, wide.data());
+#else
+          widen_rows(w + n * k, rn * k, wide.data());
+#endif
+        }
         for (int64_t m = m0; m < m1; m += kTileRows) {
           const int rm = static_cast<int>(std::min<int64_t>(kTileRows, m1 - m));
           if constexpr (std::is_same<TX, float>::value) {
             if (widen) {
-              any_tile(rm, rn, x + m * ldx, ldx, wide.data(), k, k, y + m * n_out + n, n_out);
+              any_tile(rm, rn, x + m * ldx, ldx, wide.data(), ldx, ldx, y + m * n_out + n, n_out);
               continue;
             }
           }
-            any_tile(rm, rn, x + m * ldx, ldx, w + n * k, k, k, y + m * n_out + n, n_out);
+          any_tile(rm, rn, x + m * ldx, ldx, w + n * k, k, k, y + m * n_out + n, n_out);
         }
       }
     }

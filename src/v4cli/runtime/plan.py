@@ -51,7 +51,7 @@ def _linear(out: int, inp: int, fmt: str, dtype_bytes: int) -> int:
 
 def _compressor(a: ModelArgs, d: int, ratio: int) -> int:
     width = (2 if ratio == 4 else 1) * d  # CSA compresses overlapping windows: two halves per row
-    return 4 * (2 * width * a.hidden_size + ratio * width + d)  # wkv, wgate, ape, norm: all FP32
+    return 2 * 2 * width * a.hidden_size + 4 * (ratio * width + d)  # wkv, wgate (BF16 as stored); ape, norm FP32
 
 
 def _block(a: ModelArgs, layer: int, dtype_bytes: int, expert_fmt: str) -> int:
@@ -70,7 +70,7 @@ def _block(a: ModelArgs, layer: int, dtype_bytes: int, expert_fmt: str) -> int:
         ihd, ih = a.index_head_dim, a.index_n_heads
         total += _linear(ih * ihd, a.q_lora_rank, fmt, dtype_bytes) + dtype_bytes * ih * D + _compressor(a, ihd, ratio)
     E, inter = a.n_routed_experts, a.moe_intermediate_size
-    total += 4 * E * D  # gate.weight, FP32
+    total += 2 * E * D  # gate.weight, BF16 as stored
     total += 8 * a.vocab_size * a.num_experts_per_tok if layer < a.num_hash_layers else 4 * E  # tid2eid / bias
     expert = lambda f: 2 * _linear(inter, D, f, dtype_bytes) + _linear(D, inter, f, dtype_bytes)  # noqa: E731
     return total + E * expert(expert_fmt) + expert(fmt)  # routed + the shared expert
@@ -288,11 +288,12 @@ def plan_checkpoint(path: str | Path, context: int | None, batch: int, dtype_byt
 def plan_reading(r: Reading, context: int | None, batch: int, dtype_bytes: int, available: int | None = None,
                  device: object = "cpu", chunk: int = 512) -> MemoryPlan:
     """`plan_checkpoint` for a folder whose headers are already read (`weights.survey`, `read_checkpoint`)."""
-    from .weights import STORED_PRECISION
+    from .weights import kept_as_stored
 
     mp = plan(r.args, context or r.args.max_position_embeddings, batch, dtype_bytes, "ours", available, r.expert_fmt,
               device, chunk)
-    # the embedding and head stay as stored, which `weight_bytes` counts as BF16: an FP32 export holds twice that
+    # the embedding, head, compressors and routers stay as stored, which `weight_bytes` counts as BF16: an FP32
+    # export holds twice that
     wide = sum(r.ckpt.nbytes(n) // 2 for n, off in r.match.names.items()
-               if off in STORED_PRECISION and n in r.ckpt.where and r.ckpt.dtype_name(n) == "F32")
+               if kept_as_stored(off) and n in r.ckpt.where and r.ckpt.dtype_name(n) == "F32")
     return dataclasses.replace(mp, weights=mp.weights + wide) if wide else mp

@@ -187,8 +187,7 @@ def random_tensors(args: ModelArgs, seed: int = 0, turn_ends: TurnEnds | None = 
             elif mod.fmt == "fp4":
                 out[prefix + ".weight"], out[prefix + ".scale"] = quant.quantize_fp4(w)
             else:
-                keep_f32 = ".compressor." in prefix or prefix.endswith("gate")
-                out[prefix + ".weight"] = w.to(torch.float32 if keep_f32 else torch.bfloat16)
+                out[prefix + ".weight"] = w.to(torch.bfloat16)  # compressors too: BF16 in the official files
     for name, buf in model.named_buffers():
         off = internal_to_official(name)
         if off in out:

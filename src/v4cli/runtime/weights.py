@@ -194,10 +194,17 @@ def _check(want: torch.Tensor, t: Tensor) -> str | None:
     return None
 
 
-# Kept as stored (BF16, or FP32 in a float re-export) whatever the model's dtype: the embedding is read a row
-# per token and the head is a float32-accumulating product either way, so widening them at load only costs
-# memory and bytes read per token.
+# Kept as stored (BF16, or FP32 in a float re-export) whatever the model's dtype. Each one's product accumulates in
+# FP32 from FP32 inputs, and widening BF16 is exact, so the results are those of an FP32 copy: the embedding (a row
+# per token), the head, the compressors' wkv/wgate (the reference runs them in FP32) and the router (FP32 scores).
+# Widening them at load would only double the bytes each decode step reads (at V4-Flash's widths ~0.5 GB a token).
 STORED_PRECISION = frozenset({"embed.weight", "head.weight"})
+STORED_SUFFIXES = ("compressor.wkv.weight", "compressor.wgate.weight", "ffn.gate.weight")
+
+
+def kept_as_stored(name: str) -> bool:
+    """Whether the model holds this buffer (one of our names) in the precision the checkpoint stores it."""
+    return name in STORED_PRECISION or name.endswith(STORED_SUFFIXES)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
@@ -216,7 +223,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     assert model is not None
     for name, want in dict(model.named_buffers()).items():
         t = r.sources[name].read()
-        if name in STORED_PRECISION and t.dtype in (torch.float32, torch.bfloat16):
+        if kept_as_stored(name) and t.dtype in (torch.float32, torch.bfloat16):
             t = t.to(device)
         elif want.dtype.is_floating_point and want.dtype not in (torch.float8_e4m3fn, torch.float8_e8m0fnu):
             t = t.to(device=device, dtype=want.dtype)

@@ -172,8 +172,11 @@ class Attention(nn.Module):
         else:  # ragged tiles (small test models only): dequantized once per load, not at every step
             key = wo_a.weight.data_ptr()
             if self._wo_a_dense is None or self._wo_a_dense[0] != key:
-                self._wo_a_dense = (key, wo_a.dense().float().view(self.groups, r, -1))
-            # dense_linear, not a batched matmul: a row's product must not depend on the other rows
+                # e4m3 times a power of two is exact in BF16: half the bytes of float32, the same product
+                dense = wo_a.dense()
+                self._wo_a_dense = (key, (dense.bfloat16() if wo_a.fmt == "fp8" else dense).view(self.groups, r, -1))
+            # dense_linear, not a batched matmul: a row's product must not depend on the other rows (float32 x:
+            # the product is float32 whatever the weight's dtype)
             w = self._wo_a_dense[1]
             z = torch.stack([ops.dense_linear(grouped[:, g].float(), w[g]) for g in range(self.groups)], 1).to(o.dtype)
         return self.wo_b(z.flatten(1))

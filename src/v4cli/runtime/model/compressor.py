@@ -29,9 +29,10 @@ class Compressor(nn.Module):
         self.overlap = ratio == 4
         self.simulate_quant = simulate_quant
         width = (2 if self.overlap else 1) * d
-        # The reference holds and runs the compressor in FP32 whatever the model dtype.
-        self.wkv = Linear(dim, width, "float", torch.float32)
-        self.wgate = Linear(dim, width, "float", torch.float32)
+        # The reference runs the compressor in FP32 whatever the model dtype: FP32 inputs here, and the weights as
+        # stored (BF16; widening is exact, so the products are the FP32 copies' at half the bytes read).
+        self.wkv = Linear(dim, width, "float", torch.bfloat16)
+        self.wgate = Linear(dim, width, "float", torch.bfloat16)
         self.register_buffer("ape", torch.zeros(ratio, width, dtype=torch.float32))
         self.norm = RMSNorm(d, norm_eps)
 

@@ -17,7 +17,7 @@ class Gate(nn.Module):
         super().__init__()
         self.topk, self.score_func, self.scale = args.num_experts_per_tok, args.scoring_func, args.routed_scaling_factor
         self.hashed = hashed
-        self.register_buffer("weight", torch.zeros(args.n_routed_experts, args.hidden_size, dtype=torch.float32))
+        self.register_buffer("weight", torch.zeros(args.n_routed_experts, args.hidden_size, dtype=torch.bfloat16))
         if hashed:
             self.register_buffer("tid2eid", torch.zeros(args.vocab_size, self.topk, dtype=torch.long))
             self.bias = None
@@ -25,7 +25,8 @@ class Gate(nn.Module):
             self.register_buffer("bias", torch.zeros(args.n_routed_experts, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = ops.dense_linear(x, self.weight)  # the weight is float32: the product is too (promoted)
+        # FP32 scores from FP32 inputs, whatever the weight is held in (BF16 as stored: widening it is exact)
+        logits = ops.dense_linear(x if x.dtype == torch.float32 else x.float(), self.weight)
         if self.score_func == "softmax":
             scores = logits.softmax(dim=-1)
         elif self.score_func == "sigmoid":
