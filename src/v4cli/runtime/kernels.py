@@ -138,10 +138,13 @@ def sparse_attention(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor, idx:
     if (q.device.type != "cpu" or kv.device.type != "cpu" or q.dtype not in _ATTN_DTYPES
             or kv.dtype not in _ATTN_DTYPES or (dense is not None and dense.dtype not in _ATTN_DTYPES)):
         return ops_ref.sparse_attention(q, kv, sink, idx, softmax_scale, dense, limit)
-    return torch.ops.v4cli.sparse_attention(q.contiguous(), kv.contiguous(), sink.float().contiguous(),
-                                            idx.long().contiguous(), float(softmax_scale),
+    sink = sink if sink.dtype == torch.float32 else sink.float()  # (a no-op .float() still dispatches an op)
+    idx = idx if idx.dtype == torch.int64 else idx.long()
+    limit = limit if limit is None or limit.dtype == torch.int64 else limit.long()
+    return torch.ops.v4cli.sparse_attention(q.contiguous(), kv.contiguous(), sink.contiguous(),
+                                            idx.contiguous(), float(softmax_scale),
                                             None if dense is None else dense.contiguous(),
-                                            None if limit is None else limit.long().contiguous())
+                                            None if limit is None else limit.contiguous())
 
 def indexer_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     if q.device.type != "cpu" or keys.device.type != "cpu" or q.dtype not in _ATTN_DTYPES:

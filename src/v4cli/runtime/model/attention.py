@@ -14,12 +14,28 @@ from .compressor import Compressor, Indexer
 from .linear import Linear, RMSNorm, rms_unweighted
 from .rope import Rope
 
+_ROPES: dict[tuple, Rope] = {}
+_RING_IDX: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+
 
 def make_rope(args: ModelArgs, ratio: int) -> Rope:
-    """Window-only layers (and MTP) use base rope_theta without YaRN; compressed layers the YaRN table."""
-    if ratio:
-        return Rope(args.qk_rope_head_dim, args.compress_rope_theta, args.yarn)
-    return Rope(args.qk_rope_head_dim, args.rope_theta, None)
+    """Window-only layers (and MTP) use base rope_theta without YaRN; compressed layers the YaRN table. One Rope
+    per table, shared by the layers that use it, so a step computes its angles once per table, not per layer."""
+    base, yarn = (args.compress_rope_theta, args.yarn) if ratio else (args.rope_theta, None)
+    key = (args.qk_rope_head_dim, base, tuple(sorted(yarn.items())) if yarn else None)
+    rope = _ROPES.get(key)
+    if rope is None:
+        rope = _ROPES[key] = Rope(args.qk_rope_head_dim, base, yarn)
+    return rope
+
+
+def _ring_idx(window: int, start: int, dev: torch.device) -> torch.Tensor:
+    """[1, W]: the ring slots of positions start-W+1 .. start in that order (a full ring, one query)."""
+    key = (window, start % window, dev)
+    idx = _RING_IDX.get(key)
+    if idx is None:
+        idx = _RING_IDX[key] = (torch.arange(start - window + 1, start + 1, device=dev) % window).unsqueeze(0)
+    return idx
 
 
 class Attention(nn.Module):
@@ -45,7 +61,7 @@ class Attention(nn.Module):
         self.wo_a = lin(H * self.head_dim // self.groups, self.groups * self.o_rank)
         self.wo_b = lin(self.groups * self.o_rank, D)
         self.register_buffer("attn_sink", torch.zeros(H, dtype=torch.float32))
-        self._wo_a_dense: tuple[int, torch.Tensor] | None = None
+        self._wo_a_groups: tuple[int, list[tuple[torch.Tensor, torch.Tensor | None]]] | None = None
         self._win_cache: dict[tuple[int, int, torch.device], torch.Tensor] = {}
         self.compressor = self.indexer = None
         if ratio:
@@ -60,8 +76,10 @@ class Attention(nn.Module):
         sequence at `start`; updates every state. The projections and the attention run once for all rows;
         only the per-sequence state updates (ring, compressor, indexer) loop over the sequences."""
         T, dev = x.shape[0], x.device
-        pos = torch.cat([torch.arange(start, start + n, device=dev) for start, _, n in segments])
-        cs = self.rope.angles(pos)
+        if len(segments) == 1:
+            cs = self.rope.angles_at(segments[0][0], T, dev)
+        else:
+            cs = self.rope.angles(torch.cat([torch.arange(start, start + n, device=dev) for start, _, n in segments]))
         qr = self.q_norm(self.wq_a(x))
         q = rms_unweighted(self.wq_b(qr).view(T, self.n_heads, self.head_dim), self.eps)
         q = self.rope.apply(q, cs)
@@ -101,11 +119,17 @@ class Attention(nn.Module):
         """One sequence's S rows: (keys, idx [S, K] into them, HCA dense entries, their limits); advances `st`."""
         S, W, dev = x.shape[0], self.window, x.device
         # Window candidates: the up-to W-1 earlier tokens still in the ring, then this chunk.
-        n_prev = min(start, W - 1)
-        prev = [st.ring[a:b] for a, b in _ring_spans(start - n_prev, n_prev, W)]
-        keys = torch.cat([p if p.dtype == kv.dtype else p.to(kv.dtype) for p in prev] + [kv])
-        idx = self._window_idx(S, n_prev, dev)
-        self._write_ring(st, kv, start)
+        if S == 1 and start >= W - 1 and st.ring.dtype == kv.dtype:
+            # A decode step: the ring itself once the token is written (over the one leaving the window), the
+            # same candidates in the same order as the copy below, without the copy.
+            self._write_ring(st, kv, start)
+            keys, idx = st.ring, _ring_idx(W, start, dev)
+        else:
+            n_prev = min(start, W - 1)
+            prev = [st.ring[a:b] for a, b in _ring_spans(start - n_prev, n_prev, W)]
+            keys = torch.cat([p if p.dtype == kv.dtype else p.to(kv.dtype) for p in prev] + [kv])
+            idx = self._window_idx(S, n_prev, dev)
+            self._write_ring(st, kv, start)
 
         dense = limit = None
         if self.ratio:
@@ -161,25 +185,36 @@ class Attention(nn.Module):
         """Grouped low-rank output: per group wo_a[g] . concat(heads of g), then wo_b over all groups."""
         S = o.shape[0]
         grouped = o.reshape(S, self.groups, -1)
-        # The reference keeps wo_a dequantized (exact in BF16) and runs this product without input rounding.
-        wo_a, r = self.wo_a, self.o_rank
-        if wo_a.fmt == "fp8" and r % quant.WEIGHT_BLOCK == 0:
+        if self.wo_a.fmt == "fp8" and self.o_rank % quant.WEIGHT_BLOCK == 0:
             # Each group's rows are whole scale tiles (the real models: 1024 rows), so each group is one
             # FP8 linear through the seam and a decode step never dequantizes the whole of wo_a.
-            t = r // quant.WEIGHT_BLOCK
-            z = torch.stack([ops.fp8_linear(grouped[:, g], wo_a.weight[g * r:(g + 1) * r],
-                                            wo_a.scale[g * t:(g + 1) * t], False) for g in range(self.groups)], 1)
+            groups = self._groups()
+            z = torch.stack([ops.fp8_linear(grouped[:, g], w, sc, False) for g, (w, sc) in enumerate(groups)], 1)
         else:  # ragged tiles (small test models only): dequantized once per load, not at every step
-            key = wo_a.weight.data_ptr()
-            if self._wo_a_dense is None or self._wo_a_dense[0] != key:
-                # e4m3 times a power of two is exact in BF16: half the bytes of float32, the same product
-                dense = wo_a.dense()
-                self._wo_a_dense = (key, (dense.bfloat16() if wo_a.fmt == "fp8" else dense).view(self.groups, r, -1))
             # dense_linear, not a batched matmul: a row's product must not depend on the other rows (float32 x:
             # the product is float32 whatever the weight's dtype)
-            w = self._wo_a_dense[1]
-            z = torch.stack([ops.dense_linear(grouped[:, g].float(), w[g]) for g in range(self.groups)], 1).to(o.dtype)
+            xf = grouped.float()
+            z = torch.stack([ops.dense_linear(xf[:, g], w) for g, (w, _) in enumerate(self._groups())], 1)
+            z = z.to(o.dtype)
         return self.wo_b(z.flatten(1))
+
+
+    def _groups(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """wo_a per output group, made once per load: (FP8 rows, their scale rows) where each group is whole
+        scale tiles, else the dequantized rows (the reference keeps wo_a dequantized: e4m3 times a power of two
+        is exact in BF16, half the bytes of float32) and None."""
+        wo_a, r = self.wo_a, self.o_rank
+        key = wo_a.weight.data_ptr()
+        if self._wo_a_groups is None or self._wo_a_groups[0] != key:
+            if wo_a.fmt == "fp8" and r % quant.WEIGHT_BLOCK == 0:
+                t = r // quant.WEIGHT_BLOCK
+                groups = [(wo_a.weight[g * r:(g + 1) * r], wo_a.scale[g * t:(g + 1) * t]) for g in range(self.groups)]
+            else:
+                dense = wo_a.dense()
+                dense = dense.bfloat16() if wo_a.fmt == "fp8" else dense
+                groups = [(dense[g * r:(g + 1) * r], None) for g in range(self.groups)]
+            self._wo_a_groups = (key, groups)
+        return self._wo_a_groups[1]
 
 
 def _ring_spans(first: int, count: int, window: int) -> list[tuple[int, int]]:

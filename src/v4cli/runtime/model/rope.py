@@ -36,6 +36,7 @@ class Rope:
         self.dim = dim
         self.freqs = rope_frequencies(dim, base, yarn)
         self._on: dict[torch.device, torch.Tensor] = {}  # the frequencies where the positions are (one copy each)
+        self._last: tuple[tuple[int, int, torch.device], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = self._on.get(positions.device)
@@ -43,6 +44,14 @@ class Rope:
             freqs = self._on[positions.device] = self.freqs.to(positions.device)
         ang = positions.to(torch.float32).unsqueeze(-1) * freqs
         return ang.cos(), ang.sin()
+
+    def angles_at(self, start: int, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The angles of positions start..start+n-1. The last call's are kept: every layer of a step that shares
+        this table (make_rope) asks for the same positions, and only the first computes them."""
+        key = (start, n, device)
+        if self._last is None or self._last[0] != key:
+            self._last = (key, self.angles(torch.arange(start, start + n, device=device)))
+        return self._last[1]
 
     def apply(self, x: torch.Tensor, cs: tuple[torch.Tensor, torch.Tensor], inverse: bool = False) -> torch.Tensor:
         """Rotate the last `dim` dims of x [T, ..., D] by its row's angles (cos/sin [T, dim/2])."""
