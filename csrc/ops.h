@@ -20,7 +20,7 @@ at::Tensor fp4_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
 // so a row's result does not depend on the other rows.
 at::Tensor dense_linear_cpu(const at::Tensor& x, const at::Tensor& weight);
 
-// The routed experts' SwiGLU step (see ops_ref.moe_experts): x float32 [T, D] holding the model's values
+// The routed experts' SwiGLU step (see ops_ref.moe_experts): x float32 or bfloat16 [T, D] holding the model's values
 // (`bf16`: round between steps as a bfloat16 model does), picks/weights [T, k], per-expert weight lists in
 // their own formats (e4m3, packed e2m1, or float with an empty scale). Float32 [T, D] out.
 at::Tensor moe_experts_cpu(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& picks, at::TensorList w1,

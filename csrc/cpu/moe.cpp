@@ -54,11 +54,13 @@ void check_lists(at::TensorList w, at::TensorList s, size_t n, const char* name)
 
 }  // namespace
 
-at::Tensor moe_experts_cpu(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& picks, at::TensorList w1,
+at::Tensor moe_experts_cpu(const at::Tensor& x_, const at::Tensor& weights, const at::Tensor& picks, at::TensorList w1,
                            at::TensorList s1, at::TensorList w3, at::TensorList s3, at::TensorList w2,
                            at::TensorList s2, double limit, bool act_quant, bool bf16) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
-              "moe_experts: x must be a contiguous float32 [T, D] tensor");
+  TORCH_CHECK(x_.dim() == 2 && (x_.scalar_type() == at::kFloat || x_.scalar_type() == at::kBFloat16) &&
+                  x_.is_contiguous(),
+              "moe_experts: x must be a contiguous float32 or bfloat16 [T, D] tensor");
+  const at::Tensor x = x_.scalar_type() == at::kFloat ? x_ : x_.to(at::kFloat);  // widening is exact
   TORCH_CHECK(picks.dim() == 2 && picks.scalar_type() == at::kLong && picks.size(0) == x.size(0),
               "moe_experts: picks must be an int64 [T, k] tensor");
   TORCH_CHECK(weights.scalar_type() == at::kFloat && weights.sizes() == picks.sizes(),

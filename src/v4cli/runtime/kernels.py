@@ -127,10 +127,10 @@ def moe_experts(x: torch.Tensor, weights: torch.Tensor, picks: torch.Tensor, w1:
                 s2: list[torch.Tensor], limit: float, act_quant: bool) -> torch.Tensor:
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
         return ops_ref.moe_experts(x, weights, picks, w1, s1, w3, s3, w2, s2, limit, act_quant)
-    xf = x.float().contiguous()  # float32 rows holding the model's values (`bf16`: rounded between steps)
+    # float32 or bfloat16 rows holding the model's values (`bf16`: rounded between steps; widened in the kernel)
     weights = weights if weights.dtype == torch.float32 else weights.float()
     picks = picks if picks.dtype == torch.int64 else picks.long()
-    return torch.ops.v4cli.moe_experts(xf, weights, picks, w1, s1, w3, s3, w2, s2, limit, act_quant,
+    return torch.ops.v4cli.moe_experts(x.contiguous(), weights, picks, w1, s1, w3, s3, w2, s2, limit, act_quant,
                                        x.dtype == torch.bfloat16)
 
 def sparse_attention(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor, idx: torch.Tensor, softmax_scale: float,

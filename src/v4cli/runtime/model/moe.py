@@ -84,7 +84,7 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         weights, picks = self.gate(x, tokens)
         # the shared expert is expert n_experts, picked by every token with weight 1 (an exact product)
-        picks = torch.cat([picks, picks.new_full((picks.shape[0], 1), self.n_experts)], dim=1)
-        weights = torch.cat([weights, weights.new_ones(weights.shape[0], 1)], dim=1)
+        picks = torch.nn.functional.pad(picks, (0, 1), value=self.n_experts)
+        weights = torch.nn.functional.pad(weights, (0, 1), value=1.0)
         w1, s1, w3, s3, w2, s2 = self._weights()
         return ops.moe_experts(x, weights, picks, w1, s1, w3, s3, w2, s2, self.limit, self.act_quant).to(x.dtype)
