@@ -1,5 +1,5 @@
-"""The C++ sparse-attention and lightning-indexer kernels (csrc/cpu/attention.cpp) against their PyTorch twins
-in ops_ref, their row and thread-count invariance, and their refusals of bad shapes."""
+"""The C++ sparse-attention and lightning-indexer kernels (csrc/cpu/attention.cpp, indexer.cpp) against their
+PyTorch twins in ops_ref, their row and thread-count invariance, and their refusals of bad shapes."""
 
 from __future__ import annotations
 
