@@ -2,16 +2,23 @@
 // [S, H], keys [T, D]). The semantics are the PyTorch twin's (ops_ref.indexer_scores); only the order of float32
 // summation differs. The vector pieces shared with attention.cpp are in attention_simd.h.
 //
-// A GEMM with lanes over keys: a task packs a block of keys into panels [D][kNr] and runs, for each of its query
-// rows and each panel, a register tile of kIm heads x kNr keys over D, folding each tile into the weighted sum
-// over heads at once (the [S, H, T] products are never stored). For bfloat16 q, as the twin's bfloat16 einsum
-// does, each product q.k is rounded to bfloat16 before the relu, the weights are bfloat16 values (the wrapper
-// rounds them) and the sum over heads is rounded to bfloat16 at the end; the sums in between are float32. With
-// AVX512-BF16, bfloat16 q runs on vdpbf16ps (pairs of inputs per instruction, exact products); otherwise q and
-// keys are widened to float32.
+// A GEMM with lanes over keys: a task takes a block of query rows and a block of keys, packs the keys into panels
+// [D][kNr] (kept for the thread's next task when it has the same keys) and, for each panel, runs register tiles
+// of kIm rows of q x kNr keys over D down the block's rows of q in order, (query, head) pairs s * H + h: with
+// H < kIm one tile holds several queries (H = 4: 2 queries x 4 heads), with H not a multiple of kIm a tile holds
+// the end of one query and the start of the next. Each tile row is folded at once into its query's weighted sum
+// over heads (heads in order; the [S, H, T] products are never stored). A block has at least kRowsPerTask
+// queries and kQRowsPerTask rows of q, so few heads still share the packed keys among many rows.
+//
+// For bfloat16 q, as the twin's bfloat16 einsum does, each product q.k is rounded to bfloat16 before the relu,
+// the weights are bfloat16 values (the wrapper rounds them) and the sum over heads is rounded to bfloat16 at the
+// end; the sums in between are float32. With AVX512-BF16, bfloat16 q runs on vdpbf16ps (pairs of inputs per
+// instruction, exact products); otherwise q and keys are widened to float32.
 //
 // Row invariance: every output element is computed by the same instructions in the same order whatever the other
-// rows, where a key falls in a panel, or which thread runs the task: the order depends on D, H and the build only.
+// rows, where a key falls in a panel, where a query's rows of q fall in a tile, or which thread runs the task: the
+// dot along D lane by lane, its rounding (bfloat16 q), the relu, the weighted sum over h = 0..H-1 in order and the
+// final rounding; the order depends on D, H and the build only.
 //
 // Threads: parallel_tasks (parallel.h) over torch's intra-op threads, torch.set_num_threads included.
 
@@ -36,16 +43,15 @@ namespace {
 
 using namespace attn_simd;
 
-// ---- indexer scores --------------------------------------------------------------------------------------------
-
 #if defined(__AVX512F__)
-constexpr int kIm = 8, kIn = 3;  // 8 heads x 3 vectors of keys: 24 accumulators + 3 loads + 1 broadcast
+constexpr int kIm = 8, kIn = 3;  // 8 rows of q x 3 vectors of keys: 24 accumulators + 3 loads + 1 broadcast
 #else
 constexpr int kIm = 6, kIn = 2;  // 12 accumulators + 2 loads + 1 broadcast of 16 registers
 #endif
-constexpr int64_t kNr = kIn * kL;              // keys per panel
+constexpr int64_t kNr = kIn * kL;                   // keys per panel
 constexpr int64_t kPanels = (192 + kNr - 1) / kNr;  // panels per task (~192 keys)
-constexpr int64_t kRowsPerTask = 8;           // query rows per task: the packed keys serve 8 x H rows of q
+constexpr int64_t kRowsPerTask = 8;                 // query rows per task at least,
+constexpr int64_t kQRowsPerTask = 128;              // and rows of q (query rows x H) at least
 
 // dst[c * ld + r] = rows[r][c] for kL rows of `cols` 32-bit values (a transpose, kL x kL blocks in registers).
 inline void transpose_rows(const uint32_t* const* rows, int64_t cols, uint32_t* dst, int64_t ld) {
@@ -129,9 +135,10 @@ void pack_panel(const void* keys, bool bf16, bool round, int64_t t0, int64_t n, 
   for (int64_t g = 0; g < kNr; g += kL) transpose_rows(rows + g, D, reinterpret_cast<uint32_t*>(panel) + g, kNr);
 }
 
-// acc[n] += sum over heads r of w[r] relu(q[r] . panel keys) for RM heads (rows of q, stride D); the heads in order.
+// out[oq[r]][n] += w[r] relu(q[r] . panel keys) for RM rows of q (stride D), in order: rows r are (query, head)
+// pairs, oq[r] the query's accumulators (kIn vectors).
 template <int RM>
-void index_tile(const float* q, int64_t D, const float* panel, const float* w, bool bf16, vf* out) {
+void index_tile(const float* q, int64_t D, const float* panel, const float* w, bool bf16, vf* out, const int* oq) {
   vf acc[RM][kIn];
 #pragma GCC unroll 8
   for (int r = 0; r < RM; ++r)
@@ -155,17 +162,18 @@ void index_tile(const float* q, int64_t D, const float* panel, const float* w, b
     for (int n = 0; n < kIn; ++n) {
       vf y = bf16 ? round_bf16(acc[r][n]) : acc[r][n];
       y = select(y < vf{}, vf{}, y);  // relu (a NaN stays)
-      out[n] = fmadd(wr, y, out[n]);
+      out[oq[r] * kIn + n] = fmadd(wr, y, out[oq[r] * kIn + n]);
     }
   }
 }
 
 template <int R = kIm>
-void index_tiles(int rm, const float* q, int64_t D, const float* panel, const float* w, bool bf16, vf* out) {
+void index_tiles(int rm, const float* q, int64_t D, const float* panel, const float* w, bool bf16, vf* out,
+                 const int* oq) {
   if constexpr (R > 1) {
-    if (rm < R) return index_tiles<R - 1>(rm, q, D, panel, w, bf16, out);
+    if (rm < R) return index_tiles<R - 1>(rm, q, D, panel, w, bf16, out, oq);
   }
-  index_tile<R>(q, D, panel, w, bf16, out);
+  index_tile<R>(q, D, panel, w, bf16, out, oq);
 }
 
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
@@ -192,7 +200,7 @@ void pack_panel_pairs(const void* keys, bool bf16, int64_t t0, int64_t n, int64_
 }
 
 template <int RM>
-void index_tile_pairs(const uint16_t* q, int64_t D, const uint32_t* panel, const float* w, vf* out) {
+void index_tile_pairs(const uint16_t* q, int64_t D, const uint32_t* panel, const float* w, vf* out, const int* oq) {
   __m512 acc[RM][kIn];
 #pragma GCC unroll 8
   for (int r = 0; r < RM; ++r)
@@ -218,17 +226,18 @@ void index_tile_pairs(const uint16_t* q, int64_t D, const uint32_t* panel, const
     for (int n = 0; n < kIn; ++n) {
       vf y = round_bf16((vf)acc[r][n]);
       y = select(y < vf{}, vf{}, y);
-      out[n] = fmadd(wr, y, out[n]);
+      out[oq[r] * kIn + n] = fmadd(wr, y, out[oq[r] * kIn + n]);
     }
   }
 }
 
 template <int R = kIm>
-void index_tiles_pairs(int rm, const uint16_t* q, int64_t D, const uint32_t* panel, const float* w, vf* out) {
+void index_tiles_pairs(int rm, const uint16_t* q, int64_t D, const uint32_t* panel, const float* w, vf* out,
+                       const int* oq) {
   if constexpr (R > 1) {
-    if (rm < R) return index_tiles_pairs<R - 1>(rm, q, D, panel, w, out);
+    if (rm < R) return index_tiles_pairs<R - 1>(rm, q, D, panel, w, out, oq);
   }
-  index_tile_pairs<R>(q, D, panel, w, out);
+  index_tile_pairs<R>(q, D, panel, w, out, oq);
 }
 #endif
 
@@ -255,7 +264,11 @@ at::Tensor indexer_scores_cpu(const at::Tensor& q_, const at::Tensor& weights_, 
   const void* kp = keys.data_ptr();
   const float* wp = weights.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  const int64_t row_blocks = (S + kRowsPerTask - 1) / kRowsPerTask;
+  // Query rows per task: their rows x H rows of q share the task's packed keys (with few heads, more rows).
+  const int64_t rows = std::max(kRowsPerTask, (kQRowsPerTask + H - 1) / H);
+  const int64_t row_blocks = (S + rows - 1) / rows;
+  std::vector<int> query_of(rows * H);  // a task's row j of q (rows of q in order): query j / H, head j % H
+  for (int64_t j = 0; j < rows * H; ++j) query_of[j] = int(j / H);
   const int64_t key_blocks = (T + kPanels * kNr - 1) / (kPanels * kNr);
 #if defined(V4_INDEX_DPBF16)
   if (bf16 && D % 2 == 0) {
@@ -263,23 +276,30 @@ at::Tensor indexer_scores_cpu(const at::Tensor& q_, const at::Tensor& weights_, 
       std::vector<uint32_t> panels(kPanels * (D / 2) * kNr);
       std::vector<uint16_t> tmp(keys_bf16 ? 0 : kNr * D);
       const std::vector<float> zero(D, 0.f);
+      std::vector<vf> acc(rows * kIn);
+      int64_t packed = -1;  // the first key of the panels as packed
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t s0 = (t % row_blocks) * kRowsPerTask, k0 = (t / row_blocks) * kPanels * kNr;
-        const int64_t s1 = std::min(S, s0 + kRowsPerTask), np = std::min(kPanels, (T - k0 + kNr - 1) / kNr);
-        for (int64_t p = 0; p < np; ++p)
-          pack_panel_pairs(kp, keys_bf16, k0 + p * kNr, std::min(kNr, T - k0 - p * kNr), D,
-                           panels.data() + p * (D / 2) * kNr, tmp.data(), zero.data());
+        const int64_t s0 = (t % row_blocks) * rows, k0 = (t / row_blocks) * kPanels * kNr;
+        const int64_t s1 = std::min(S, s0 + rows), np = std::min(kPanels, (T - k0 + kNr - 1) / kNr);
+        if (k0 != packed) {  // consecutive tasks of a thread share their keys
+          for (int64_t p = 0; p < np; ++p)
+            pack_panel_pairs(kp, keys_bf16, k0 + p * kNr, std::min(kNr, T - k0 - p * kNr), D,
+                             panels.data() + p * (D / 2) * kNr, tmp.data(), zero.data());
+          packed = k0;
+        }
+        const uint16_t* qt = static_cast<const uint16_t*>(qp) + s0 * H * D;
+        const float* wt = wp + s0 * H;
+        const int64_t m = (s1 - s0) * H;
         for (int64_t p = 0; p < np; ++p) {
           const uint32_t* panel = panels.data() + p * (D / 2) * kNr;
           const int64_t kt = k0 + p * kNr, n = std::min(kNr, T - kt);
+          std::fill(acc.begin(), acc.begin() + (s1 - s0) * kIn, vf{});
+          for (int64_t j = 0; j < m; j += kIm)
+            index_tiles_pairs(int(std::min<int64_t>(kIm, m - j)), qt + j * D, D, panel, wt + j, acc.data(),
+                              query_of.data() + j);
           for (int64_t s = s0; s < s1; ++s) {
-            const uint16_t* qs = static_cast<const uint16_t*>(qp) + s * H * D;
-            vf acc[kIn];
-            for (int i = 0; i < kIn; ++i) acc[i] = vf{};
-            for (int64_t h = 0; h < H; h += kIm)
-              index_tiles_pairs(int(std::min<int64_t>(kIm, H - h)), qs + h * D, D, panel, wp + s * H + h, acc);
             alignas(64) float res[kNr];
-            for (int i = 0; i < kIn; ++i) store(res + i * kL, round_bf16(acc[i]));
+            for (int i = 0; i < kIn; ++i) store(res + i * kL, round_bf16(acc[(s - s0) * kIn + i]));
             std::memcpy(op + s * T + kt, res, n * sizeof(float));
           }
         }
@@ -289,31 +309,40 @@ at::Tensor indexer_scores_cpu(const at::Tensor& q_, const at::Tensor& weights_, 
   }
 #endif
   parallel_tasks(row_blocks * key_blocks, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> panels(kPanels * D * kNr), qf(bf16 ? kRowsPerTask * H * D : 0), zero(D, 0.f);
+    std::vector<float> panels(kPanels * D * kNr), qf(bf16 ? rows * H * D : 0), zero(D, 0.f);
     std::vector<float> tmp(keys_bf16 || round_keys ? kNr * D : 0);
+    std::vector<vf> acc(rows * kIn);
+    int64_t packed = -1;  // the first key of the panels as packed
     for (int64_t t = t0; t < t1; ++t) {
       // Row blocks innermost: consecutive tasks of a thread stream the keys block by block.
-      const int64_t s0 = (t % row_blocks) * kRowsPerTask, k0 = (t / row_blocks) * kPanels * kNr;
-      const int64_t s1 = std::min(S, s0 + kRowsPerTask), np = std::min(kPanels, (T - k0 + kNr - 1) / kNr);
-      for (int64_t p = 0; p < np; ++p)
-        pack_panel(kp, keys_bf16, round_keys, k0 + p * kNr, std::min(kNr, T - k0 - p * kNr), D,
-                   panels.data() + p * D * kNr, tmp.data(), zero.data());
+      const int64_t s0 = (t % row_blocks) * rows, k0 = (t / row_blocks) * kPanels * kNr;
+      const int64_t s1 = std::min(S, s0 + rows), np = std::min(kPanels, (T - k0 + kNr - 1) / kNr);
+      if (k0 != packed) {
+        for (int64_t p = 0; p < np; ++p)
+          pack_panel(kp, keys_bf16, round_keys, k0 + p * kNr, std::min(kNr, T - k0 - p * kNr), D,
+                     panels.data() + p * D * kNr, tmp.data(), zero.data());
+        packed = k0;
+      }
       const float* qrows = static_cast<const float*>(qp) + s0 * H * D;
       if (bf16) {
         widen(static_cast<const uint16_t*>(qp) + s0 * H * D, true, (s1 - s0) * H * D, qf.data());
         qrows = qf.data();
       }
+      const float* wt = wp + s0 * H;
+      const int64_t m = (s1 - s0) * H;
       for (int64_t p = 0; p < np; ++p) {
         const float* panel = panels.data() + p * D * kNr;
         const int64_t kt = k0 + p * kNr, n = std::min(kNr, T - kt);
+        std::fill(acc.begin(), acc.begin() + (s1 - s0) * kIn, vf{});
+        for (int64_t j = 0; j < m; j += kIm)
+          index_tiles(int(std::min<int64_t>(kIm, m - j)), qrows + j * D, D, panel, wt + j, bf16, acc.data(),
+                      query_of.data() + j);
         for (int64_t s = s0; s < s1; ++s) {
-          const float* qs = qrows + (s - s0) * H * D;
-          vf acc[kIn];
-          for (int i = 0; i < kIn; ++i) acc[i] = vf{};
-          for (int64_t h = 0; h < H; h += kIm)
-            index_tiles(int(std::min<int64_t>(kIm, H - h)), qs + h * D, D, panel, wp + s * H + h, bf16, acc);
           alignas(64) float res[kNr];
-          for (int i = 0; i < kIn; ++i) store(res + i * kL, bf16 ? round_bf16(acc[i]) : acc[i]);
+          for (int i = 0; i < kIn; ++i) {
+            const vf a = acc[(s - s0) * kIn + i];
+            store(res + i * kL, bf16 ? round_bf16(a) : a);
+          }
           std::memcpy(op + s * T + kt, res, n * sizeof(float));
         }
       }
