@@ -1,4 +1,5 @@
-"""Speed of the sparse-attention and lightning-indexer kernels (csrc/cpu/attention.cpp) against their PyTorch twins.
+"""Speed of the sparse-attention and lightning-indexer kernels (csrc/cpu/attention.cpp, indexer.cpp) against their
+PyTorch twins.
 
     python bench/attention_speed.py [--ctx 32768] [--chunk 4096] [--dtype float32] [--reps 3] [--threads N]
                                     [--cpu-time] [--no-prefill]

@@ -1,5 +1,5 @@
-"""The C++ sparse-attention and lightning-indexer kernels (csrc/cpu/attention.cpp) against their PyTorch twins
-in ops_ref, their row and thread-count invariance, and their refusals of bad shapes."""
+"""The C++ sparse-attention and lightning-indexer kernels (csrc/cpu/attention.cpp, indexer.cpp) against their
+PyTorch twins in ops_ref, their row and thread-count invariance, and their refusals of bad shapes."""
 
 from __future__ import annotations
 
@@ -215,7 +215,9 @@ def _check_indexer(got: torch.Tensor, want: torch.Tensor, q, w, keys) -> None:
 
 
 @pytest.mark.parametrize("S,H,D,T", [(1, 64, 128, 1000), (7, 64, 128, 300), (9, 4, 128, 77), (17, 5, 33, 200),
-                                     (3, 13, 128, 49), (40, 16, 64, 500), (2, 1, 8, 1)])
+                                     (3, 13, 128, 49), (40, 16, 64, 500), (2, 1, 8, 1),
+                                     # few heads: a register tile's rows of q span queries, a task's rows too
+                                     (50, 3, 128, 97), (45, 4, 64, 130), (37, 5, 128, 61), (70, 1, 32, 50)])
 @pytest.mark.parametrize("q_dtype,k_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
                                              (torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)])
 def test_indexer_scores_matches_twin(built, S, H, D, T, q_dtype, k_dtype):
@@ -245,6 +247,25 @@ def test_indexer_scores_do_not_depend_on_the_other_rows_keys_or_threads(built, d
     assert torch.equal(two, alone)
     assert torch.equal(fewer, alone[:, :333])
     assert torch.equal(later, alone[5:, 101:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("H", [3, 4, 5])
+def test_indexer_scores_with_few_heads_do_not_depend_on_the_other_rows_or_threads(built, H, dtype):
+    """With fewer heads than a register tile has rows, a tile's rows of q are (query, head) pairs of several
+    queries, and where a query's heads fall in a tile depends on the rows before it: its scores must not."""
+    S = 75  # not a multiple of the queries per tile or per task
+    q, w, keys = _indexer_case(S, H, 128, 150, dtype, dtype, seed=H)
+    with _threads(1):
+        alone = torch.cat([kernels.indexer_scores(q[i : i + 1], w[i : i + 1], keys) for i in range(S)])
+        one = kernels.indexer_scores(q, w, keys)
+    with _threads(2):
+        two = kernels.indexer_scores(q, w, keys)
+        later = kernels.indexer_scores(q[3:], w[3:], keys[7:])
+    assert torch.equal(one, alone)
+    assert torch.equal(two, alone)
+    assert torch.equal(later, alone[3:, 7:])
+    _check_indexer(one, ops_ref.indexer_scores(q, w, keys), q, w, keys)
 
 
 def test_indexer_scores_bad_shapes_are_refused_with_a_message(built):

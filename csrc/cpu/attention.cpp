@@ -1,32 +1,22 @@
-// Sparse attention over gathered candidates (with a per-head sink and HCA's in-place dense entries) and the
-// lightning indexer's scores, on the CPU. The semantics are the PyTorch twins' (ops_ref.sparse_attention,
-// ops_ref.indexer_scores); only the order of float32 summation differs (and the exp, a polynomial of ~1 ulp).
+// Sparse attention over gathered candidates (with a per-head sink and HCA's in-place dense entries) on the CPU.
+// The semantics are the PyTorch twin's (ops_ref.sparse_attention); only the order of float32 summation differs
+// (and the exp, a polynomial of ~1 ulp). The lightning indexer's scores are in indexer.cpp; the vector pieces
+// both use in attention_simd.h.
 //
-// sparse_attention: one task per (query row, block of heads). A row's candidates (its idx entries >= 0 in order,
-// then the dense entries j < limit[s]) stream through in chunks of kChunk rows, prefetched a chunk ahead and
-// read in place (float32) or widened into a buffer (bfloat16), shared by every head of the block: logits by a
-// register tile of heads x candidates (each a dot product along D, lane by lane, then a fixed tree over the
-// lanes), an online softmax per head (running max, started at the sink's logit, which takes probability mass
-// but has no value), and the weighted sum of the candidates by a register tile of heads x vectors of D. Memory
-// per task does not grow with the candidates.
-//
-// indexer_scores: out[s, t] = sum_h w[s,h] relu(q[s,h] . k[t]) as a GEMM with lanes over keys: a task packs a
-// block of keys into panels [D][kNr] and runs, for each of its query rows and each panel, a register tile of
-// kIm heads x kNr keys over D, folding each tile into the weighted sum over heads at once (the [S, H, T]
-// products are never stored). For bfloat16 q, as the twin's bfloat16 einsum does, each product q.k is rounded
-// to bfloat16 before the relu, the weights are bfloat16 values (the wrapper rounds them) and the sum over heads
-// is rounded to bfloat16 at the end; the sums in between are float32. With AVX512-BF16, bfloat16 q runs on
-// vdpbf16ps (pairs of inputs per instruction, exact products); otherwise q and keys are widened to float32.
+// One task per (query row, block of heads). A row's candidates (its idx entries >= 0 in order, then the dense
+// entries j < limit[s]) stream through in chunks of kChunk rows, prefetched a chunk ahead and read in place
+// (float32) or widened into a buffer (bfloat16), shared by every head of the block: logits by a register tile of
+// heads x candidates (each a dot product along D, lane by lane, then a fixed tree over the lanes), an online
+// softmax per head (running max, started at the sink's logit, which takes probability mass but has no value), and
+// the weighted sum of the candidates by a register tile of heads x vectors of D. Memory per task does not grow
+// with the candidates.
 //
 // Row invariance: every output element is computed by the same instructions in the same order whatever the other
-// rows, the number of heads in a task's block, where a key falls in a panel, or which thread runs the task: the
-// order depends on the row's own inputs (its candidates, in order, and D) and on the build only. The exp is one
-// vectorized function for every lane and row.
+// rows, the number of heads in a task's block, or which thread runs the task: the order depends on the row's own
+// inputs (its candidates, in order, and D) and on the build only. The exp is one vectorized function for every
+// lane and row.
 //
 // Threads: parallel_tasks (parallel.h) over torch's intra-op threads, torch.set_num_threads included.
-//
-// SIMD: GCC/Clang vector extensions of kL floats (16 with AVX-512, 8 otherwise), FMAs written as intrinsics on
-// AVX-512 and AVX2+FMA so no compiler choice changes a result; any other target takes the portable vector code.
 
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -44,91 +34,16 @@
 #endif
 
 #include "../ops.h"
+#include "attention_simd.h"
 #include "parallel.h"
 
 namespace v4cli {
 namespace {
 
-// ---- vectors ---------------------------------------------------------------------------------------------------
+using namespace attn_simd;
 
-#if defined(__AVX512F__)
-constexpr int kL = 16;
-#else
-constexpr int kL = 8;
-#endif
-typedef float vf __attribute__((vector_size(kL * sizeof(float))));
-typedef int32_t vi __attribute__((vector_size(kL * sizeof(int32_t))));
-typedef uint32_t vu __attribute__((vector_size(kL * sizeof(uint32_t))));
-typedef uint16_t vh __attribute__((vector_size(kL * sizeof(uint16_t))));
+// ---- vectors (attention's own; the shared ones are in attention_simd.h) ----------------------------------------
 
-inline vf load(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-// bfloat16 -> float32 is exact: the 16 bits are the float's upper half.
-inline vf load_bf16(const uint16_t* p) {
-  vh h;
-  std::memcpy(&h, p, sizeof h);
-  const vu w = __builtin_convertvector(h, vu) << 16;
-  vf v;
-  std::memcpy(&v, &w, sizeof v);
-  return v;
-}
-
-inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
-inline vf splat(float x) {
-#if defined(__AVX512F__)
-  return (vf)_mm512_set1_ps(x);
-#elif defined(__AVX2__) && defined(__FMA__)
-  return (vf)_mm256_set1_ps(x);
-#else
-  vf v;
-  for (int i = 0; i < kL; ++i) v[i] = x;
-  return v;
-#endif
-}
-
-// A loaded vector kept in a register: GCC otherwise folds the load into each FMA that uses it, and a tile of
-// R x C accumulators then issues R x C loads instead of R + C.
-inline vf in_register(vf v) {
-#if defined(__AVX512F__) && defined(__GNUC__)
-  asm("" : "+v"(v));
-#elif defined(__AVX2__) && defined(__GNUC__)
-  asm("" : "+x"(v));
-#endif
-  return v;
-}
-inline vf as_float(vu u) {
-  vf v;
-  std::memcpy(&v, &u, sizeof v);
-  return v;
-}
-inline vu as_bits(vf v) {
-  vu u;
-  std::memcpy(&u, &v, sizeof u);
-  return u;
-}
-
-// acc + a * b with one rounding.
-inline vf fmadd(vf a, vf b, vf acc) {
-#if defined(__AVX512F__)
-  return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)acc);
-#elif defined(__AVX2__) && defined(__FMA__)
-  return (vf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)acc);
-#else
-  return a * b + acc;
-#endif
-}
-
-// Lane-wise select by a comparison mask (all ones / all zeros per lane).
-inline vf select(vi mask, vf a, vf b) {
-  const vu m = (vu)mask;
-  return as_float((as_bits(a) & m) | (as_bits(b) & ~m));
-}
-
-// max(a, b), a where b is NaN (a NaN logit still makes its row NaN, as in the twin: through its probability).
 inline vf vmax(vf a, vf b) { return select(b > a, b, a); }
 
 // exp(x) for the softmax (x <= 0 after the max is taken; -inf gives 0): Cephes' expf, x = n ln2 + r with
@@ -156,14 +71,6 @@ inline vf vexp(vf x) {
 
 inline float exp1(float x) { return vexp(splat(x))[0]; }
 
-// Round to bfloat16 (nearest even, NaN kept as torch's canonical NaN), as a float32 value.
-inline vf round_bf16(vf x) {
-  const vu u = as_bits(x);
-  const vu r = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
-  const vu nan = (vu)((u & 0x7FFFFFFFu) > 0x7F800000u);
-  return as_float((r & ~nan) | (0x7FC00000u & nan));
-}
-
 // Lanes summed in a fixed tree: lane l + (l + kL/2), then halves again down to one.
 inline float hsum(vf v) {
   float t[kL];
@@ -174,22 +81,6 @@ inline float hsum(vf v) {
     for (int i = 0; i < h; ++i) t[i] += t[i + h];
   return t[0];
 }
-
-inline float bf16_to_float(uint16_t b) { return c10::BFloat16(b, c10::BFloat16::from_bits()); }
-
-// len values of a float32 or bfloat16 row as float32 (exact).
-inline void widen(const void* src, bool bf16, int64_t len, float* dst) {
-  if (!bf16) {
-    std::memcpy(dst, src, len * sizeof(float));
-    return;
-  }
-  const uint16_t* s = static_cast<const uint16_t*>(src);
-  int64_t i = 0;
-  for (; i + kL <= len; i += kL) store(dst + i, load_bf16(s + i));
-  for (; i < len; ++i) dst[i] = bf16_to_float(s[i]);
-}
-
-bool is_f32_or_bf16(const at::Tensor& t) { return t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16; }
 
 // ---- sparse attention ------------------------------------------------------------------------------------------
 
@@ -471,202 +362,6 @@ void attn_task(const Attn& a, AttnScratch& w, int64_t s, int64_t h0, int64_t nh)
   }
 }
 
-// ---- indexer scores --------------------------------------------------------------------------------------------
-
-#if defined(__AVX512F__)
-constexpr int kIm = 8, kIn = 3;  // 8 heads x 3 vectors of keys: 24 accumulators + 3 loads + 1 broadcast
-#else
-constexpr int kIm = 6, kIn = 2;  // 12 accumulators + 2 loads + 1 broadcast of 16 registers
-#endif
-constexpr int64_t kNr = kIn * kL;              // keys per panel
-constexpr int64_t kPanels = (192 + kNr - 1) / kNr;  // panels per task (~192 keys)
-constexpr int64_t kRowsPerTask = 8;           // query rows per task: the packed keys serve 8 x H rows of q
-
-// dst[c * ld + r] = rows[r][c] for kL rows of `cols` 32-bit values (a transpose, kL x kL blocks in registers).
-inline void transpose_rows(const uint32_t* const* rows, int64_t cols, uint32_t* dst, int64_t ld) {
-  int64_t c0 = 0;
-#if defined(__AVX512F__)
-  for (; c0 + 16 <= cols; c0 += 16) {
-    __m512 r[16], t[16];
-    for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(rows[i] + c0);
-    for (int i = 0; i < 16; i += 2) {
-      t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-      t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {
-      r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
-      r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
-      r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
-      r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
-    }
-    // r[4q + j], 128-bit lane L: column 4L + j of rows 4q..4q+3
-    for (int i = 0; i < 4; ++i) {
-      t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
-      t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
-      t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
-      t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
-    }
-    // t[i] (i < 4): columns i, 8 + i of rows 0-3 and 4-7, t[i + 4]: columns 4 + i, 12 + i; t[i + 8], t[i + 12]:
-    // the same of rows 8-15
-    for (int i = 0; i < 8; ++i) {
-      r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-      r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
-    }
-    for (int i = 0; i < 16; ++i) _mm512_storeu_ps(reinterpret_cast<float*>(dst + (c0 + i) * ld), r[i]);  // column i
-  }
-#elif defined(__AVX2__) && defined(__FMA__)
-  for (; c0 + 8 <= cols; c0 += 8) {
-    __m256 r[8], t[8];
-    for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(reinterpret_cast<const float*>(rows[i] + c0));
-    for (int i = 0; i < 8; i += 2) {
-      t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-      t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 8; i += 4) {
-      r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-      r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-      r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-      r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-    }
-    // r[4q + j], 128-bit lane L: column 4L + j of rows 4q..4q+3
-    for (int i = 0; i < 4; ++i) {
-      t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
-      t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
-    }
-    for (int i = 0; i < 8; ++i) _mm256_storeu_ps(reinterpret_cast<float*>(dst + (c0 + i) * ld), t[i]);
-  }
-#endif
-  for (; c0 < cols; ++c0)
-    for (int i = 0; i < kL; ++i) dst[c0 * ld + i] = rows[i][c0];
-}
-
-// Keys [t0, t0 + n) (n <= kNr) into a panel [D][kNr] of float32, zeros past n; rounded to bfloat16 with `round`
-// (float32 keys for bfloat16 q). `tmp`: kNr * D floats, `zero`: D zeros.
-void pack_panel(const void* keys, bool bf16, bool round, int64_t t0, int64_t n, int64_t D, float* panel, float* tmp,
-                const float* zero) {
-  const uint32_t* rows[kNr];
-  for (int64_t j = 0; j < kNr; ++j) {
-    if (j >= n) {
-      rows[j] = reinterpret_cast<const uint32_t*>(zero);
-    } else if (!bf16 && !round) {
-      rows[j] = reinterpret_cast<const uint32_t*>(static_cast<const float*>(keys) + (t0 + j) * D);
-    } else {
-      float* r = tmp + j * D;
-      if (bf16) {
-        widen(static_cast<const uint16_t*>(keys) + (t0 + j) * D, true, D, r);
-      } else {
-        const float* f = static_cast<const float*>(keys) + (t0 + j) * D;
-        for (int64_t d = 0; d < D; ++d) r[d] = float(c10::BFloat16(f[d]));
-      }
-      rows[j] = reinterpret_cast<const uint32_t*>(r);
-    }
-  }
-  for (int64_t g = 0; g < kNr; g += kL) transpose_rows(rows + g, D, reinterpret_cast<uint32_t*>(panel) + g, kNr);
-}
-
-// acc[n] += sum over heads r of w[r] relu(q[r] . panel keys) for RM heads (rows of q, stride D); the heads in order.
-template <int RM>
-void index_tile(const float* q, int64_t D, const float* panel, const float* w, bool bf16, vf* out) {
-  vf acc[RM][kIn];
-#pragma GCC unroll 8
-  for (int r = 0; r < RM; ++r)
-#pragma GCC unroll 4
-    for (int n = 0; n < kIn; ++n) acc[r][n] = vf{};
-  for (int64_t d = 0; d < D; ++d) {
-    vf kv[kIn];
-#pragma GCC unroll 4
-    for (int n = 0; n < kIn; ++n) kv[n] = load(panel + d * kNr + n * kL);
-#pragma GCC unroll 8
-    for (int r = 0; r < RM; ++r) {
-      const vf qv = splat(q[r * D + d]);
-#pragma GCC unroll 4
-      for (int n = 0; n < kIn; ++n) acc[r][n] = fmadd(qv, kv[n], acc[r][n]);
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < RM; ++r) {
-    const vf wr = splat(w[r]);
-#pragma GCC unroll 4
-    for (int n = 0; n < kIn; ++n) {
-      vf y = bf16 ? round_bf16(acc[r][n]) : acc[r][n];
-      y = select(y < vf{}, vf{}, y);  // relu (a NaN stays)
-      out[n] = fmadd(wr, y, out[n]);
-    }
-  }
-}
-
-template <int R = kIm>
-void index_tiles(int rm, const float* q, int64_t D, const float* panel, const float* w, bool bf16, vf* out) {
-  if constexpr (R > 1) {
-    if (rm < R) return index_tiles<R - 1>(rm, q, D, panel, w, bf16, out);
-  }
-  index_tile<R>(q, D, panel, w, bf16, out);
-}
-
-#if defined(__AVX512BF16__) && defined(__AVX512BW__)
-#define V4_INDEX_DPBF16 1
-// bfloat16 q with vdpbf16ps: a lane adds q[2i] k[2i] + q[2i+1] k[2i+1] (exact products, float32 sums) for a
-// pair of inputs at a time, twice the float32 FMA's rate. Keys are packed as bfloat16 pairs [D/2][kNr] (32 bits
-// per key and pair); each pair of q is one 32-bit broadcast straight from q's rows. D must be even.
-void pack_panel_pairs(const void* keys, bool bf16, int64_t t0, int64_t n, int64_t D, uint32_t* panel, uint16_t* tmp,
-                      const float* zero) {
-  const uint32_t* rows[kNr];
-  for (int64_t j = 0; j < kNr; ++j) {
-    if (j >= n) {
-      rows[j] = reinterpret_cast<const uint32_t*>(zero);
-    } else if (bf16) {
-      rows[j] = reinterpret_cast<const uint32_t*>(static_cast<const uint16_t*>(keys) + (t0 + j) * D);
-    } else {  // the twin casts the keys to q's dtype
-      const float* f = static_cast<const float*>(keys) + (t0 + j) * D;
-      uint16_t* r = tmp + j * D;
-      for (int64_t d = 0; d < D; ++d) r[d] = c10::BFloat16(f[d]).x;
-      rows[j] = reinterpret_cast<const uint32_t*>(r);
-    }
-  }
-  for (int64_t g = 0; g < kNr; g += kL) transpose_rows(rows + g, D / 2, panel + g, kNr);
-}
-
-template <int RM>
-void index_tile_pairs(const uint16_t* q, int64_t D, const uint32_t* panel, const float* w, vf* out) {
-  __m512 acc[RM][kIn];
-#pragma GCC unroll 8
-  for (int r = 0; r < RM; ++r)
-#pragma GCC unroll 4
-    for (int n = 0; n < kIn; ++n) acc[r][n] = _mm512_setzero_ps();
-  for (int64_t i = 0; i < D / 2; ++i) {
-    __m512i kv[kIn];
-#pragma GCC unroll 4
-    for (int n = 0; n < kIn; ++n) kv[n] = _mm512_loadu_si512(panel + i * kNr + n * kL);
-#pragma GCC unroll 8
-    for (int r = 0; r < RM; ++r) {
-      uint32_t pair;
-      std::memcpy(&pair, q + r * D + 2 * i, sizeof pair);
-      const __m512i qv = _mm512_set1_epi32(int(pair));
-#pragma GCC unroll 4
-      for (int n = 0; n < kIn; ++n) acc[r][n] = _mm512_dpbf16_ps(acc[r][n], (__m512bh)kv[n], (__m512bh)qv);
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < RM; ++r) {
-    const vf wr = splat(w[r]);
-#pragma GCC unroll 4
-    for (int n = 0; n < kIn; ++n) {
-      vf y = round_bf16((vf)acc[r][n]);
-      y = select(y < vf{}, vf{}, y);
-      out[n] = fmadd(wr, y, out[n]);
-    }
-  }
-}
-
-template <int R = kIm>
-void index_tiles_pairs(int rm, const uint16_t* q, int64_t D, const uint32_t* panel, const float* w, vf* out) {
-  if constexpr (R > 1) {
-    if (rm < R) return index_tiles_pairs<R - 1>(rm, q, D, panel, w, out);
-  }
-  index_tile_pairs<R>(q, D, panel, w, out);
-}
-#endif
-
 }  // namespace
 
 at::Tensor sparse_attention_cpu(const at::Tensor& q_, const at::Tensor& kv_, const at::Tensor& sink_,
@@ -733,92 +428,5 @@ at::Tensor sparse_attention_cpu(const at::Tensor& q_, const at::Tensor& kv_, con
   return out;
 }
 
-at::Tensor indexer_scores_cpu(const at::Tensor& q_, const at::Tensor& weights_, const at::Tensor& keys_) {
-  TORCH_CHECK(q_.dim() == 3 && is_f32_or_bf16(q_), "indexer_scores: q must be a float32 or bfloat16 [S, H, D] "
-              "tensor, got ", q_.scalar_type(), " of shape ", q_.sizes());
-  const int64_t S = q_.size(0), H = q_.size(1), D = q_.size(2);
-  TORCH_CHECK(weights_.dim() == 2 && weights_.size(0) == S && weights_.size(1) == H &&
-                  weights_.scalar_type() == at::kFloat,
-              "indexer_scores: weights must be a float32 [", S, ", ", H, "] tensor, got ", weights_.scalar_type(),
-              " of shape ", weights_.sizes());
-  TORCH_CHECK(keys_.dim() == 2 && keys_.size(1) == D && is_f32_or_bf16(keys_), "indexer_scores: keys must be a "
-              "float32 or bfloat16 [T, ", D, "] tensor, got ", keys_.scalar_type(), " of shape ", keys_.sizes());
-  const at::Tensor q = q_.contiguous(), weights = weights_.contiguous(), keys = keys_.contiguous();
-  const int64_t T = keys.size(0);
-  at::Tensor out = at::empty({S, T}, q.options().dtype(at::kFloat));
-  if (S == 0 || T == 0) return out;
-  if (H == 0) return out.zero_();
-  const bool bf16 = q.scalar_type() == at::kBFloat16, keys_bf16 = keys.scalar_type() == at::kBFloat16;
-  const bool round_keys = bf16 && !keys_bf16;  // the twin casts the keys to q's dtype
-  const void* qp = q.data_ptr();
-  const void* kp = keys.data_ptr();
-  const float* wp = weights.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  const int64_t row_blocks = (S + kRowsPerTask - 1) / kRowsPerTask;
-  const int64_t key_blocks = (T + kPanels * kNr - 1) / (kPanels * kNr);
-#if defined(V4_INDEX_DPBF16)
-  if (bf16 && D % 2 == 0) {
-    parallel_tasks(row_blocks * key_blocks, 1, [&](int64_t t0, int64_t t1) {
-      std::vector<uint32_t> panels(kPanels * (D / 2) * kNr);
-      std::vector<uint16_t> tmp(keys_bf16 ? 0 : kNr * D);
-      const std::vector<float> zero(D, 0.f);
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t s0 = (t % row_blocks) * kRowsPerTask, k0 = (t / row_blocks) * kPanels * kNr;
-        const int64_t s1 = std::min(S, s0 + kRowsPerTask), np = std::min(kPanels, (T - k0 + kNr - 1) / kNr);
-        for (int64_t p = 0; p < np; ++p)
-          pack_panel_pairs(kp, keys_bf16, k0 + p * kNr, std::min(kNr, T - k0 - p * kNr), D,
-                           panels.data() + p * (D / 2) * kNr, tmp.data(), zero.data());
-        for (int64_t p = 0; p < np; ++p) {
-          const uint32_t* panel = panels.data() + p * (D / 2) * kNr;
-          const int64_t kt = k0 + p * kNr, n = std::min(kNr, T - kt);
-          for (int64_t s = s0; s < s1; ++s) {
-            const uint16_t* qs = static_cast<const uint16_t*>(qp) + s * H * D;
-            vf acc[kIn];
-            for (int i = 0; i < kIn; ++i) acc[i] = vf{};
-            for (int64_t h = 0; h < H; h += kIm)
-              index_tiles_pairs(int(std::min<int64_t>(kIm, H - h)), qs + h * D, D, panel, wp + s * H + h, acc);
-            alignas(64) float res[kNr];
-            for (int i = 0; i < kIn; ++i) store(res + i * kL, round_bf16(acc[i]));
-            std::memcpy(op + s * T + kt, res, n * sizeof(float));
-          }
-        }
-      }
-    });
-    return out;
-  }
-#endif
-  parallel_tasks(row_blocks * key_blocks, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> panels(kPanels * D * kNr), qf(bf16 ? kRowsPerTask * H * D : 0), zero(D, 0.f);
-    std::vector<float> tmp(keys_bf16 || round_keys ? kNr * D : 0);
-    for (int64_t t = t0; t < t1; ++t) {
-      // Row blocks innermost: consecutive tasks of a thread stream the keys block by block.
-      const int64_t s0 = (t % row_blocks) * kRowsPerTask, k0 = (t / row_blocks) * kPanels * kNr;
-      const int64_t s1 = std::min(S, s0 + kRowsPerTask), np = std::min(kPanels, (T - k0 + kNr - 1) / kNr);
-      for (int64_t p = 0; p < np; ++p)
-        pack_panel(kp, keys_bf16, round_keys, k0 + p * kNr, std::min(kNr, T - k0 - p * kNr), D,
-                   panels.data() + p * D * kNr, tmp.data(), zero.data());
-      const float* qrows = static_cast<const float*>(qp) + s0 * H * D;
-      if (bf16) {
-        widen(static_cast<const uint16_t*>(qp) + s0 * H * D, true, (s1 - s0) * H * D, qf.data());
-        qrows = qf.data();
-      }
-      for (int64_t p = 0; p < np; ++p) {
-        const float* panel = panels.data() + p * D * kNr;
-        const int64_t kt = k0 + p * kNr, n = std::min(kNr, T - kt);
-        for (int64_t s = s0; s < s1; ++s) {
-          const float* qs = qrows + (s - s0) * H * D;
-          vf acc[kIn];
-          for (int i = 0; i < kIn; ++i) acc[i] = vf{};
-          for (int64_t h = 0; h < H; h += kIm)
-            index_tiles(int(std::min<int64_t>(kIm, H - h)), qs + h * D, D, panel, wp + s * H + h, bf16, acc);
-          alignas(64) float res[kNr];
-          for (int i = 0; i < kIn; ++i) store(res + i * kL, bf16 ? round_bf16(acc[i]) : acc[i]);
-          std::memcpy(op + s * T + kt, res, n * sizeof(float));
-        }
-      }
-    }
-  });
-  return out;
-}
 
 }  // namespace v4cli

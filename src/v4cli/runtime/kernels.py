@@ -22,8 +22,8 @@ from .kernel_build import CSRC, REFERENCE, key_of  # noqa: F401 - part of this m
 CPU = kernel_build.Build(
     name="v4cli_cpu", what="the C++ kernels",
     sources=("registration.cpp", "cpu/linear.cpp", "cpu/dense.cpp", "cpu/hc.cpp", "cpu/moe.cpp", "cpu/attention.cpp",
-             "cpu/rotate.cpp", "cpu/rounding.cpp", "cpu/norm.cpp"),
-    headers=("ops.h", "cpu/simd.h", "cpu/parallel.h"),
+             "cpu/indexer.cpp", "cpu/rotate.cpp", "cpu/rounding.cpp", "cpu/norm.cpp"),
+    headers=("ops.h", "cpu/simd.h", "cpu/attention_simd.h", "cpu/parallel.h"),
     cflags=("-O3", "-mcpu=native" if platform.machine().lower() in ("arm64", "aarch64") else "-march=native"))
 SOURCES, HEADERS, CFLAGS = CPU.sources, CPU.headers, CPU.cflags
 
