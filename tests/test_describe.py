@@ -26,7 +26,7 @@ def test_official_checkpoint(ckpt_dir):
     d = describe(ckpt_dir("flash"), context=4096)
     assert d["layout"] == "official" and d["problems"] == [] and "remedy" not in d
     assert d["storage"] == {"embedding/head": "BF16", "routed experts": "FP4", "shared expert": "FP8",
-                            "router": "BF16", "norms": "BF16", "indexer": "FP8 + BF16 + FP32", "compressor": "FP32",
+                            "router": "BF16", "norms": "BF16", "indexer": "FP8 + BF16", "compressor": "BF16",
                             "attention": "FP8", "MTP projections": "FP8", "mHC": "FP32"}
     assert d["tensors"] == d["tensors_recognised"] == 504 and d["mtp_on_disk"]
     plan = d["memory_plan"]
