@@ -27,8 +27,9 @@ class LocalBackend:
 
     def __init__(self, model: str = "tiny", *, context: int = 32768, chunk_size: int = 512,
                  device: str = "auto", prefix_cache: bool = True, max_batch: int = 1,
-                 max_queue: int | None = None) -> None:
+                 max_queue: int | None = None, dtype: str = "bfloat16") -> None:
         self.model, self.context, self.chunk_size, self.device = model, context, chunk_size, device
+        self.dtype = dtype  # "bfloat16" or "float32": torch is imported at load, not when the CLI parses
         self.prefix_cache, self.max_batch, self.max_queue = prefix_cache, max_batch, max_queue
         self.engine: Any = None
         self.loop: Any = None
@@ -64,13 +65,15 @@ class LocalBackend:
     def load(self) -> None:
         if self.engine is not None:
             return
+        import torch
+
         from . import hub
         from .runtime import Engine
         from .runtime.loop import EngineLoop
 
         path = hub.resolve(self.model).path
         kwargs: dict[str, Any] = dict(device=self.device, max_context=self.context, max_batch=self.max_batch,
-                                      chunk_size=self.chunk_size)
+                                      chunk_size=self.chunk_size, dtype=getattr(torch, self.dtype))
         if self.prefix_cache:
             folder = settings.home() / "cache" / "prefix"
             why = settings.unwritable(folder, folder=True)
@@ -189,13 +192,13 @@ def interval_points(n: int, step: int = 4096, far: int = 32768) -> list[int]:
 
 
 def make_backend(model: str | None, url: str | None = None, api_key: str | None = None, *,
-                 context: int = 32768, device: str = "auto") -> Backend:
+                 context: int = 32768, device: str = "auto", dtype: str = "bfloat16") -> Backend:
     """The backend the CLI flags describe: --url wins; otherwise the local model (default: see default_model)."""
     if url:
         from .remote import RemoteBackend
 
         return RemoteBackend(url, model, api_key)
-    return LocalBackend(model or default_model(), context=context, device=device)
+    return LocalBackend(model or default_model(), context=context, device=device, dtype=dtype)
 
 
 def default_model() -> str:

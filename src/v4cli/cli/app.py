@@ -60,6 +60,20 @@ ContinueOpt = Annotated[bool, opt("--continue", "-c", help="Continue the last co
 CidOpt = Annotated[str | None, opt("--cid", metavar="ID", help="Continue this conversation (an id from `v4 logs`, "
                                     "or its first characters).")]
 NoLogOpt = Annotated[bool, opt("--no-log", help="Do not log this exchange in V4_HOME/logs.db (also V4_NO_LOG=1).")]
+DTYPES = ("bfloat16", "float32")
+
+
+def _dtype(value: str) -> str:
+    name = {"bf16": "bfloat16", "fp32": "float32", "f32": "float32"}.get(value.lower(), value.lower())
+    if name not in DTYPES:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(DTYPES)} (or bf16, fp32)")
+    return name
+
+
+DtypeOpt = Annotated[str, opt("--dtype", metavar="bfloat16|float32", envvar="V4_DTYPE", show_envvar=True,
+                              callback=_dtype, help="Activations and decode state: bfloat16 (the reference's, "
+                              "the default) or float32 (twice the state's bytes, no faster on the CPU). FP8/FP4 "
+                              "weights stay as stored either way.")]
 DeviceOpt = Annotated[str, opt("--device", metavar="auto|cpu|cuda", envvar="V4_DEVICE", show_envvar=True,
                                help="Where the model runs: auto (a CUDA GPU when torch sees one, else the CPU), "
                                "cpu, cuda or cuda:N.")]
@@ -106,12 +120,12 @@ def check_effort(value: str | None) -> str | None:
 
 
 def backend_for(model: str | None, url: str | None, api_key: str | None, context: int,
-                device: str = "auto") -> Backend:
+                device: str = "auto", dtype: str = "bfloat16") -> Backend:
     """The backend the flags describe; a local model is checked now (its name, --context against its limit,
     the device)."""
     from ..backend import LocalBackend, make_backend
 
-    backend = make_backend(model, url, api_key, context=context, device=device)
+    backend = make_backend(model, url, api_key, context=context, device=device, dtype=dtype)
     if isinstance(backend, LocalBackend):
         backend.check()
     return backend

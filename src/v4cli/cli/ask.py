@@ -15,6 +15,7 @@ from .app import (
     ContextOpt,
     ContinueOpt,
     DeviceOpt,
+    DtypeOpt,
     EffortOpt,
     KeyOpt,
     ModelOpt,
@@ -72,6 +73,7 @@ def ask(
     api_key: KeyOpt = None,
     context: ContextOpt = 65536,
     device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "bfloat16",
     max_tokens: Annotated[int, opt("--max-tokens", min=1, metavar="N", help="Longest answer in tokens; the "
                                     "prompt gets the rest of the context.")] = 4096,
     temperature: TempOpt = None,
@@ -149,7 +151,7 @@ def ask(
             c.warn(ing.stdin.describe())
         # defused either way (ingest defuses its prompt): a remote server gets what the local encoder writes
         content = chat_format.defuse(question) if ing is None else _user_text(ing.prompt_text, mode)
-        backend = backend_for(model, url, api_key, context, device)
+        backend = backend_for(model, url, api_key, context, device, dtype)
         if conv is not None:
             c.note(f"continuing conversation {conv.cid} ({len(conv.messages) // 2} earlier turn(s))")
         # local: the ingested ids as they are, with a snapshot after everything before the question; a

@@ -10,6 +10,7 @@ from .app import (
     ContextOpt,
     ContinueOpt,
     DeviceOpt,
+    DtypeOpt,
     EffortOpt,
     KeyOpt,
     ModelOpt,
@@ -40,6 +41,7 @@ def chat(
     api_key: KeyOpt = None,
     context: ContextOpt = 32768,
     device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "bfloat16",
     max_tokens: Annotated[int, opt("--max-tokens", min=1, metavar="N", help="Longest answer in tokens.")] = 4096,
     temperature: TempOpt = None,
     show_thinking: ShowThinkOpt = False,
@@ -72,7 +74,7 @@ def chat(
         conv = logs.resume(cid) if cont or cid else None
         if conv is not None and model is None and conv.endpoint == logs.endpoint(url):
             model = conv.model
-        backend = backend_for(model, url, api_key, context, device)
+        backend = backend_for(model, url, api_key, context, device, dtype)
 
         def switch(name: str) -> Backend:
             if url:
@@ -80,7 +82,7 @@ def chat(
             from .. import hub
 
             hub.resolve(name, materialize=False)  # unknown names fail now, not at the next question
-            return backend_for(name, None, None, context, device)
+            return backend_for(name, None, None, context, device, dtype)
 
         state = ChatState(messages=list(conv.messages) if conv else [],
                           system=system if system is not None or conv is None else conv.system,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from .app import ContextOpt, DeviceOpt, ModelOpt, app, console, handled, opt
+from .app import ContextOpt, DeviceOpt, DtypeOpt, ModelOpt, app, console, handled, opt
 
 
 @app.command()
@@ -15,6 +15,7 @@ def serve(
     port: Annotated[int, opt("--port", "-p", min=0, max=65535, metavar="PORT", help="TCP port.")] = 8000,
     context: ContextOpt = 32768,
     device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "bfloat16",
     max_batch: Annotated[int, opt("--max-batch", min=1, max=256, metavar="N", help="Requests decoded together; "
                                    "more wait in the queue.")] = 16,
     max_queue: Annotated[int, opt("--max-queue", min=0, metavar="N", help="Requests allowed to wait; past "
@@ -53,8 +54,8 @@ def serve(
         from ..server.app import create_app
 
         name = model or default_model()
-        backend = LocalBackend(name, context=context, device=device, max_batch=max_batch, max_queue=max_queue,
-                               prefix_cache=not no_prefix_cache)
+        backend = LocalBackend(name, context=context, device=device, dtype=dtype, max_batch=max_batch,
+                               max_queue=max_queue, prefix_cache=not no_prefix_cache)
         backend.check()  # an unknown name or a context past the model's fails now, before the port is taken
         application = create_app(backend, api_key=api_key, cors=cors, max_request_bytes=max_request_bytes,
                                  keepalive_s=keepalive, announce=c.info)
