@@ -174,3 +174,19 @@ def test_engine_admission_is_limited_by_memory(engine):
     assert [got[i] for i in ids] == [engine.generate(pr, p).token_ids for pr in prompts]
     with pytest.raises(MemoryPlanError, match="lower max_tokens"):
         tight.add_request(_prompt(30, seed=22), SamplingParams(max_tokens=300))
+
+
+def test_greedy_picks_what_torch_argmax_picks():
+    from v4cli.runtime.sampler import greedy
+
+    g = torch.Generator().manual_seed(3)
+    for _ in range(50):
+        x = torch.randn(1000, generator=g)
+        x[torch.randint(0, 1000, (5,), generator=g)] = x.max()  # ties: the first maximum
+        x[:10] = float("-inf")
+        assert greedy(x) == int(x.argmax())
+    x = torch.randn(1000, generator=g)
+    x[[7, 500]] = float("nan")
+    assert greedy(x) == int(x.argmax()) == 7  # a NaN counts as the maximum, the first one wins
+    y = torch.randn(2, 300, generator=g)[:, ::3][1]  # a strided view and another dtype take their own paths
+    assert greedy(y) == int(y.argmax()) and greedy(y.bfloat16()) == int(y.bfloat16().argmax())

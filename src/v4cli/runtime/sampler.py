@@ -73,11 +73,19 @@ def sample(logits: torch.Tensor, p: SamplingParams, history: Sequence[int],
     for proc in p.logits_processors:
         logits = proc(history, logits)
     if p.temperature == 0:
-        token = int(logits.argmax())
+        token = greedy(logits)
     else:
         probs = filtered_logits(logits, p).softmax(-1)
         token = int(torch.multinomial(probs, 1, generator=generator))
     return token, token_logprob(logits, token, p.logprobs)
+
+
+def greedy(logits: torch.Tensor) -> int:
+    """The index of the first maximum (a NaN counts as the maximum), as torch.argmax. On the CPU through numpy:
+    torch's index reduction takes ~110 us over a 129K vocabulary, ~1% of a small model's decode step; numpy's ~9."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 1:
+        return int(logits.contiguous().numpy().argmax())
+    return int(logits.argmax())
 
 
 def token_logprob(logits: torch.Tensor, token: int, n_top: int | None) -> TokenLogprob | None:

@@ -15,7 +15,7 @@ import torch
 
 from .cache import SeqState
 from .model import Transformer
-from .sampler import SamplingParams, TokenLogprob, filtered_logits, sample, token_logprob
+from .sampler import SamplingParams, TokenLogprob, filtered_logits, greedy, sample, token_logprob
 
 
 @dataclass
@@ -39,7 +39,7 @@ def verify(logits: torch.Tensor, draft: Sequence[int], p: SamplingParams, histor
         for proc in p.logits_processors:
             row = proc(history + out, row)
         if p.temperature == 0:
-            ok = int(row.argmax()) == d
+            ok = greedy(row) == d
         else:
             probs = filtered_logits(row, p).softmax(-1)
             ok = bool(torch.rand((), generator=generator) < probs[d])
@@ -48,7 +48,7 @@ def verify(logits: torch.Tensor, draft: Sequence[int], p: SamplingParams, histor
             infos.append(token_logprob(row, d, p.logprobs))
             continue
         if p.temperature == 0:
-            token = int(row.argmax())
+            token = greedy(row)
         else:  # the residual distribution: the target's with the rejected draft removed
             probs[d] = 0.0
             token = int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
