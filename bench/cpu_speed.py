@@ -1,6 +1,6 @@
 """CPU prefill/decode speed of our engine against llama.cpp (llama-cpp-python's `Llama`) on the same weights.
 
-    python bench/cpu_speed.py [--quick] [--contexts 512,2048,8192,32768] [--only small|deep|wide]
+    python bench/cpu_speed.py [--quick] [--contexts 512,2048,8192,32768] [--only small|deep|wide] [--repeat N]
                               [--json FILE] [--write] [--max-seconds 3600] [--wide-llama]
 
 Model sets (random weights in the official layout; llama.cpp gets the q8_0 GGUF its own converter makes):
@@ -360,6 +360,47 @@ def render(a: argparse.Namespace, mach: dict[str, Any], rows: list[dict[str, Any
 # ---------------------------------------------------------------------------------------------------------
 
 
+def measure_pair(a: argparse.Namespace, name: str, ctx: int, job: dict[str, Any], gguf: Path | None,
+                 extra_bufts: bool, notes: list[str]) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """One run of each side, ours first: (ours, llama.cpp's or {}, whether llama.cpp keeps its extra buffers)."""
+    ours = run_child({**job, "side": "ours"}, a.max_seconds, a.omp_wait)
+    print(name, fmt_ctx(ctx), "ours", ours, flush=True)
+    llama: dict[str, Any] = {}
+    if gguf is not None:
+        lj = {**job, "side": "llama", "model": str(gguf), "extra_bufts": extra_bufts}
+        llama = run_child(lj, a.max_seconds, a.omp_wait)
+        if extra_bufts and "rc -6" in llama.get("error", ""):
+            # Seen on an Intel CPU with AMX (2026-12-02): llama.cpp 0.3.36's AMX weight buffers abort in the
+            # backend scheduler on V4's graph (GGML_ASSERT(*cur_backend_id != -1)). Its plain CPU backend runs
+            # the same GGUF: measure that, and say so.
+            extra_bufts = False
+            notes.append("llama.cpp aborted with its AMX weight buffers (GGML_ASSERT(*cur_backend_id != -1) in "
+                         "ggml-backend.cpp); it ran without them (use_extra_bufts=False, its --no-extra-bufts), "
+                         "on its AVX-512 CPU backend")
+            llama = run_child({**lj, "extra_bufts": False}, a.max_seconds, a.omp_wait)
+        print(name, fmt_ctx(ctx), "llama.cpp", llama, flush=True)
+    return ours, llama, extra_bufts
+
+
+def median_run(runs: list[dict[str, Any]], ctx: int) -> dict[str, Any]:
+    """The run with the median decode rate (the lower middle one of an even count); a failed one if all failed."""
+    ok = sorted((r for r in runs if rate(r, "decode", ctx) is not None), key=lambda r: rate(r, "decode", ctx))
+    return ok[(len(ok) - 1) // 2] if ok else runs[0]
+
+
+def pairs_note(row: dict[str, Any]) -> str:
+    ctx = row["ctx"]
+    ratios = sorted(o / p for o, p in ((rate(q["ours"], "decode", ctx), rate(q["llama"], "decode", ctx))
+                                      for q in row["pairs"]) if o is not None and p is not None)
+    ours = sorted(v for v in (rate(q["ours"], "decode", ctx) for q in row["pairs"]) if v is not None)
+    text = f"{row['set']} {fmt_ctx(ctx)}: {len(row['pairs'])} alternating runs of each side; ours decode " + \
+        ", ".join(f"{v:.1f}" for v in ours) + " tok/s"
+    if ratios:
+        text += (f"; decode ratio of each pair {', '.join(f'{r:.2f}' for r in ratios)} (median "
+                 f"**{ratios[(len(ratios) - 1) // 2]:.2f}**)")
+    return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="512 only, 16 decode tokens: a smoke run")
@@ -371,6 +412,9 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=3600.0, help="timeout of one measurement (subprocess)")
     ap.add_argument("--omp-wait", choices=["passive", "active", "default"], default="passive")
     ap.add_argument("--wide-llama", action="store_true", help="also convert and run the wide set in llama.cpp")
+    ap.add_argument("--repeat", type=int, default=1, metavar="N", help="run each cell's two sides N times, "
+                    "alternating (on a noisy machine): the table shows each side's median-decode run, a note the "
+                    "spread of the pairs' ratios")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -405,22 +449,14 @@ def main() -> None:
         for i, ctx in enumerate(ctxs):
             job = dict(model=str(ckpt), ctx=ctx, decode=a.decode, op_steps=a.op_steps, vocab=args.vocab_size,
                        seed=zlib.crc32(f"{name}:{ctx}".encode()))  # one prompt per (set, context), the same for both
-            row: dict[str, Any] = dict(set=name, ctx=ctx, layers=args.n_layers, llama={})
-            row["ours"] = run_child({**job, "side": "ours"}, a.max_seconds, a.omp_wait)
-            print(name, fmt_ctx(ctx), "ours", row["ours"], flush=True)
-            if gguf is not None:
-                lj = {**job, "side": "llama", "model": str(gguf), "extra_bufts": extra_bufts}
-                row["llama"] = run_child(lj, a.max_seconds, a.omp_wait)
-                if extra_bufts and "rc -6" in row["llama"].get("error", ""):
-                    # Seen on an Intel CPU with AMX (2026-12-02): llama.cpp 0.3.36's AMX weight buffers abort in
-                    # the backend scheduler on V4's graph (GGML_ASSERT(*cur_backend_id != -1)). Its plain CPU
-                    # backend runs the same GGUF: measure that, and say so.
-                    extra_bufts = False
-                    notes.append("llama.cpp aborted with its AMX weight buffers (GGML_ASSERT(*cur_backend_id != "
-                                 "-1) in ggml-backend.cpp); it ran without them (use_extra_bufts=False, its "
-                                 "--no-extra-bufts), on its AVX-512 CPU backend")
-                    row["llama"] = run_child({**lj, "extra_bufts": False}, a.max_seconds, a.omp_wait)
-                print(name, fmt_ctx(ctx), "llama.cpp", row["llama"], flush=True)
+            row: dict[str, Any] = dict(set=name, ctx=ctx, layers=args.n_layers, llama={}, pairs=[])
+            for _ in range(max(1, a.repeat)):  # alternating, so a slow minute of the machine hits both sides
+                ours, llama, extra_bufts = measure_pair(a, name, ctx, job, gguf, extra_bufts, notes)
+                row["pairs"].append(dict(ours=ours, llama=llama))
+            row["ours"] = median_run([p["ours"] for p in row["pairs"]], ctx)
+            row["llama"] = median_run([p["llama"] for p in row["pairs"]], ctx)
+            if len(row["pairs"]) > 1:
+                notes.append(pairs_note(row))
             if name.startswith("wide") and i == 0:
                 row["bytes"] = decode_bytes(ckpt, args)
                 row["share"] = f"{args.num_experts_per_tok}/{args.n_routed_experts}"
