@@ -44,6 +44,7 @@ using namespace attn_simd;
 
 // ---- vectors (attention's own; the shared ones are in attention_simd.h) ----------------------------------------
 
+// max(a, b), a where b is NaN (a NaN logit still makes its row NaN, as in the twin: through its probability).
 inline vf vmax(vf a, vf b) { return select(b > a, b, a); }
 
 // exp(x) for the softmax (x <= 0 after the max is taken; -inf gives 0): Cephes' expf, x = n ln2 + r with

@@ -95,8 +95,6 @@ inline vf select(vi mask, vf a, vf b) {
   return as_float((as_bits(a) & m) | (as_bits(b) & ~m));
 }
 
-// max(a, b), a where b is NaN (a NaN logit still makes its row NaN, as in the twin: through its probability).
-
 // Round to bfloat16 (nearest even, NaN kept as torch's canonical NaN), as a float32 value.
 inline vf round_bf16(vf x) {
   const vu u = as_bits(x);
@@ -104,8 +102,6 @@ inline vf round_bf16(vf x) {
   const vu nan = (vu)((u & 0x7FFFFFFFu) > 0x7F800000u);
   return as_float((r & ~nan) | (0x7FC00000u & nan));
 }
-
-
 
 inline float bf16_to_float(uint16_t b) { return c10::BFloat16(b, c10::BFloat16::from_bits()); }
 

@@ -10,8 +10,8 @@
 // x[m] and W[n] summed in one fixed order (L lanes, each lane k = j, j+L, ... in turn with FMAs, then a
 // fixed tree over the lanes; L = 16, or 8 with AVX2; with a bfloat16 W and float32 x on AVX2/AVX-512 the
 // lanes take the even and then the odd inputs of each block of 2L), whatever M, the tile the output falls
-// in, or the thread that runs it. Register tiles of 4 input rows x 4 weight rows (2 x 4 with AVX2) read W once for
-// every tile of input rows (once for a decode batch that fits one, from cache after that).
+// in, or the thread that runs it. Register tiles of 4 input rows x 4 weight rows (2 x 4 with AVX2) read W
+// once for every tile of input rows (once for a decode batch that fits one, from cache after that).
 
 #include <c10/util/BFloat16.h>
 

@@ -185,24 +185,21 @@ class Attention(nn.Module):
         """Grouped low-rank output: per group wo_a[g] . concat(heads of g), then wo_b over all groups."""
         S = o.shape[0]
         grouped = o.reshape(S, self.groups, -1)
-        if self.wo_a.fmt == "fp8" and self.o_rank % quant.WEIGHT_BLOCK == 0:
-            # Each group's rows are whole scale tiles (the real models: 1024 rows), so each group is one
-            # FP8 linear through the seam and a decode step never dequantizes the whole of wo_a.
-            groups = self._groups()
+        groups = self._groups()
+        if groups[0][1] is not None:  # FP8 groups of whole scale tiles: no input rounding, as the reference
             z = torch.stack([ops.fp8_linear(grouped[:, g], w, sc, False) for g, (w, sc) in enumerate(groups)], 1)
-        else:  # ragged tiles (small test models only): dequantized once per load, not at every step
+        else:
             # dense_linear, not a batched matmul: a row's product must not depend on the other rows (float32 x:
             # the product is float32 whatever the weight's dtype)
             xf = grouped.float()
-            z = torch.stack([ops.dense_linear(xf[:, g], w) for g, (w, _) in enumerate(self._groups())], 1)
-            z = z.to(o.dtype)
+            z = torch.stack([ops.dense_linear(xf[:, g], w) for g, (w, _) in enumerate(groups)], 1).to(o.dtype)
         return self.wo_b(z.flatten(1))
 
-
     def _groups(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """wo_a per output group, made once per load: (FP8 rows, their scale rows) where each group is whole
-        scale tiles, else the dequantized rows (the reference keeps wo_a dequantized: e4m3 times a power of two
-        is exact in BF16, half the bytes of float32) and None."""
+        """wo_a per output group, made once per load. Where each group's rows are whole scale tiles (the real
+        models: 1024 rows): (FP8 rows, their scale rows), one FP8 linear each through the seam, so a decode step
+        never dequantizes the whole of wo_a. Ragged tiles (small test models only): (the dequantized rows, None);
+        the reference keeps wo_a dequantized, and e4m3 times a power of two is exact in BF16 (half float32's bytes)."""
         wo_a, r = self.wo_a, self.o_rank
         key = wo_a.weight.data_ptr()
         if self._wo_a_groups is None or self._wo_a_groups[0] != key:
